@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "liverseg.convert",
     "liverseg.verify",
     "liverseg.preview",
+    "liverseg.serve",
 )
 
 
