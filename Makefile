@@ -32,7 +32,7 @@ test: install $(CACHE)/wheels/.fetched
 	$(PY) -m pytest
 
 sample-data: install
-	$(PY) -m liverseg phantoms --out sample-data/Dataset001_LiverPhantom --num-train 12 --num-test 4 --seed 0 \
+	$(PY) -m liverseg phantoms --out sample-data/Dataset001_LiverPhantom --num-train 8 --num-test 4 --seed 0 \
 		--ircadb-out sample-data/3Dircadb-phantom --ircadb-cases 1
 
 lint: install
