@@ -10,7 +10,7 @@ PORT ?= 8000
 STUDIES ?= sample-data/Dataset001_LiverPhantom/imagesTs
 CACHE := .cache
 
-.PHONY: install serve test sample-data lint clean
+.PHONY: install serve test sample-data weights score-weights lint clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,29 @@ test: install $(CACHE)/wheels/.fetched
 sample-data: install
 	$(PY) -m liverseg phantoms --out sample-data/Dataset001_LiverPhantom --num-train 8 --num-test 4 --seed 0 \
 		--ircadb-out sample-data/3Dircadb-phantom --ircadb-cases 1
+
+# The recipe of the shipped default weights (see bundles/liver_ct_seg/docs/README.md): 24 phantoms that are not
+# the sample data (seed 1000) plus the real LiTS case 117, trained on the CPU (about 1.5 h on 2 cores).
+WEIGHTS_DATA := $(CACHE)/weights-data/Dataset002_LiverTrain
+WEIGHTS_RUN := $(CACHE)/weights-run
+weights: install $(CACHE)/wheels/.fetched
+	rm -rf $(WEIGHTS_DATA) $(WEIGHTS_RUN)
+	$(PY) -m liverseg phantoms --out $(WEIGHTS_DATA) --num-train 24 --num-test 0 --seed 1000
+	$(PY) -m liverseg convert lits117 $(WEIGHTS_DATA) --cache-dir $(CACHE)/wheels
+	cd bundles/liver_ct_seg && ../../$(PY) -m monai.bundle run --config_file configs/train.json \
+		--meta_file configs/metadata.json --logging_file configs/logging.conf \
+		--dataset_dir ../../$(WEIGHTS_DATA) --output_dir ../../$(WEIGHTS_RUN)/log --ckpt_dir ../../$(WEIGHTS_RUN)/models \
+		--max_epochs 40 --val_interval 4 --num_folds 6 --batch_size 1 --num_samples 2 --roi_size "[64,64,48]" \
+		--early_stop_patience 5 --lr_patience 3 --num_workers 0
+	cp $(WEIGHTS_RUN)/models/model.pt bundles/liver_ct_seg/models/model.pt
+	@echo "new weights in bundles/liver_ct_seg/models/model.pt; score them with: make score-weights"
+
+# Score the shipped weights on the held-out sample phantoms (imagesTs/labelsTs), in each case's own geometry.
+score-weights: install
+	cd bundles/liver_ct_seg && ../../$(PY) -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" \
+		--meta_file configs/metadata.json --logging_file configs/logging.conf \
+		--dataset_dir ../../sample-data/Dataset001_LiverPhantom --output_dir ../../$(CACHE)/score-weights --num_workers 0
+	@cat $(CACHE)/score-weights/metrics.csv
 
 lint: install
 	$(PY) -m flake8 liverseg apps bundles tests

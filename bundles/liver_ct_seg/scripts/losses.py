@@ -1,4 +1,4 @@
-# Copyright (c) the liverseg contributors. Licensed under the Apache License, Version 2.0.
+# Copyright (c) the liverseg contributors. Licensed under the MIT License (see LICENSE).
 """Losses of the ``liver_ct_seg`` bundle: deep supervision over stacked heads (nnU-Net weights) and plain CE."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# Copyright (c) the liverseg contributors. Licensed under the Apache License, Version 2.0.
+# Copyright (c) the liverseg contributors. Licensed under the MIT License (see LICENSE).
 """Networks of the ``liver_ct_seg`` bundle: ``"_target_": "scripts.networks.DALUNet"`` etc."""
 
 from __future__ import annotations

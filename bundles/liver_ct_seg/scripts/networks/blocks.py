@@ -1,4 +1,4 @@
-# Copyright (c) the liverseg contributors. Licensed under the Apache License, Version 2.0.
+# Copyright (c) the liverseg contributors. Licensed under the MIT License (see LICENSE).
 """Building blocks of :class:`scripts.networks.LiverSegNet`: attention gate, ConvLSTM skip fusion, decoder level.
 
 Every block works for ``spatial_dims`` 2 and 3 and is TorchScript-scriptable. Variants are expressed through

@@ -1,4 +1,4 @@
-# Copyright (c) the liverseg contributors. Licensed under the Apache License, Version 2.0.
+# Copyright (c) the liverseg contributors. Licensed under the MIT License (see LICENSE).
 """U-Net family for liver / liver-tumor segmentation: U-Net, Attention U-Net, AU-Net + deep supervision, DALU-Net."""
 
 from __future__ import annotations
