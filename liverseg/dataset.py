@@ -8,6 +8,7 @@ Cases are written atomically: a failed conversion leaves neither a partial image
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 
 from liverseg import LABELS
 from liverseg.imageio import write_nifti
+
+logger = logging.getLogger(__name__)
 
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 FILE_ENDING = ".nii.gz"
@@ -60,7 +63,11 @@ def list_cases(root: str | Path, split: str = "Tr") -> list[CasePaths]:
     out = []
     for img in sorted((root / f"images{split}").glob(f"*_0000{FILE_ENDING}")):
         case_id = img.name[: -len(f"_0000{FILE_ENDING}")]
-        paths = case_paths(root, case_id, split)
+        try:
+            paths = case_paths(root, case_id, split)
+        except ValueError as e:  # a stray file with an unusable name: `liverseg verify` reports it
+            logger.warning("skipping %s: %s", img, e)
+            continue
         out.append(CasePaths(case_id, paths.image, paths.label if paths.label and paths.label.exists() else None, split))
     return out
 
