@@ -19,7 +19,7 @@ COMMAND_MODULES = (
     "liverseg.convert",
     "liverseg.verify",
     "liverseg.preview",
-    "liverseg.serve",
+    "liverseg.windowing",
 )
 
 
