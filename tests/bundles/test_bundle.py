@@ -253,10 +253,10 @@ def test_multi_gpu_train_under_torchrun_on_cpu(phantom_dataset, tmp_path):
     assert res.stdout.count("Epoch[1] Complete") + res.stderr.count("Epoch[1] Complete") >= 2
 
 
-def test_2d_slice_by_slice_variant_trains_and_infers(phantom_dataset, tmp_path):
+def test_report_2d_pipeline_trains_and_infers_slice_by_slice(phantom_dataset, tmp_path):
     shrink_2d = {**TRAIN_SHRINK, "roi_size": [32, 32], "num_samples": 4, "batch_size": 4}
     wf = workflow(
-        "train", ("unet", "2d"), dataset_dir=str(phantom_dataset), ckpt_dir=str(tmp_path / "models"),
+        "train", ("2d",), dataset_dir=str(phantom_dataset), ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "log"), max_epochs=1, val_interval=1, **shrink_2d,
     )
     wf.initialize()
@@ -264,10 +264,14 @@ def test_2d_slice_by_slice_variant_trains_and_infers(phantom_dataset, tmp_path):
     wf.finalize()
     assert (tmp_path / "models" / "model.pt").is_file()
     net = wf.parser.get_parsed_content("network_def")
-    assert net.spatial_dims == 2
+    assert type(net).__name__ == "UNet" and net.spatial_dims == 2
+    # the report's own settings: W250/C0, histogram equalization on, cross-entropy, Adagrad
+    assert (wf.parser["hu_min"], wf.parser["hu_max"], wf.parser["use_histogram_equalization"]) == (-125, 125, True)
+    assert isinstance(wf.parser.get_parsed_content("optimizer"), torch.optim.Adagrad)
+    assert wf.parser.get_parsed_content("loss").loss.lambda_dice == 0.0
     src = phantom_dataset / "imagesTs" / "lps_4_0000.nii.gz"
     wf = workflow(
-        "inference", ("unet", "2d"), workflow_type="infer", input_files=[str(src)], ckpt_dir=str(tmp_path / "models"),
+        "inference", ("2d",), workflow_type="infer", input_files=[str(src)], ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "out"), **{k: v for k, v in shrink_2d.items() if k in SHRINK},
     )
     wf.initialize()
