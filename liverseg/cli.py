@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "liverseg.verify",
     "liverseg.preview",
     "liverseg.windowing",
+    "liverseg.evaluation",
 )
 
 
