@@ -52,11 +52,13 @@ weights: install $(CACHE)/wheels/.fetched
 	@echo "new weights in bundles/liver_ct_seg/models/model.pt; score them with: make score-weights"
 
 # Score the shipped weights on the held-out sample phantoms (imagesTs/labelsTs), in each case's own geometry.
+SCORE := $(CACHE)/score-weights
 score-weights: install
-	cd bundles/liver_ct_seg && ../../$(PY) -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" \
+	rm -rf $(SCORE)
+	cd bundles/liver_ct_seg && ../../$(PY) -m monai.bundle run --config_file configs/inference.json \
 		--meta_file configs/metadata.json --logging_file configs/logging.conf \
-		--dataset_dir ../../sample-data/Dataset001_LiverPhantom --output_dir ../../$(CACHE)/score-weights --num_workers 0
-	@cat $(CACHE)/score-weights/metrics.csv
+		--dataset_dir ../../sample-data/Dataset001_LiverPhantom --output_dir ../../$(SCORE)/pred
+	$(PY) -m liverseg evaluate $(SCORE)/pred sample-data/Dataset001_LiverPhantom/labelsTs --out $(SCORE)
 
 lint: install
 	$(PY) -m flake8 liverseg apps bundles tests

@@ -281,3 +281,19 @@ def test_report_2d_pipeline_trains_and_infers_slice_by_slice(phantom_dataset, tm
     ref = nib.load(src)
     assert seg.shape == ref.shape
     np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-4)
+
+
+def test_pretrained_checkpoint_switch(tmp_path, phantom_dataset):
+    """Fine-tuning: `pretrained_checkpoint` adds a CheckpointLoader to the train handlers; empty (default) adds none."""
+    from monai.handlers import CheckpointLoader
+
+    def loaders(**override):
+        wf = workflow("train", dataset_dir=str(phantom_dataset), output_dir=str(tmp_path), **override)
+        wf.initialize()
+        return [h for h in wf.parser.get_parsed_content("train#handlers") if isinstance(h, CheckpointLoader)]
+
+    assert loaders() == []
+    ckpt = tmp_path / "start.pt"
+    torch.save({}, ckpt)
+    (loader,) = loaders(pretrained_checkpoint=str(ckpt))
+    assert loader.load_path == str(ckpt)
