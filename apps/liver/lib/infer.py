@@ -1,0 +1,108 @@
+"""Inference task of the liver app: the bundle's own pipeline, plus a volumetry report in the result JSON."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+from lib.validation import BadRequest, read_header
+from monai.data import MetaTensor
+from monai.transforms import SaveImaged
+from monailabel.tasks.infer.bundle import BundleInferTask
+
+from liverseg.volumetry import volumetry
+
+logger = logging.getLogger(__name__)
+
+STASH_KEY = "liverseg_stashed_keys"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class LiverSegInferTask(BundleInferTask):
+    """:class:`BundleInferTask` on a runtime copy of the ``liver_ct_seg`` bundle (one network variant).
+
+    - The bundle's postprocessing (softmax, ``Invertd`` back to the source geometry, argmax, largest component)
+      runs as it is; its ``SaveImaged`` is dropped (monailabel writes the result). ``Restored`` (added by
+      monailabel) then only sets the output affine to the input's ``original_affine``: after ``Invertd`` the
+      prediction already has the input's shape and voxel order, so nothing is flipped or resampled twice.
+    - monai 1.6.1's ``Spacingd`` calls ``.update()`` on every data key starting with ``image_``; monailabel adds
+      the string ``image_path``. String-valued ``image_*`` / ``label_*`` keys are therefore set aside before the
+      pre-transforms and put back before the writer (which needs ``image_path`` for the output format).
+    - The input is checked first (readable 3D NIfTI / NRRD, or a DICOM folder): bad uploads get a 400.
+    - The result JSON gets ``volumetry`` (:func:`liverseg.volumetry.volumetry` on the final mask and its affine,
+      i.e. in the source geometry).
+    - Device: ``cuda`` when available, else ``cpu`` (request ``"device"`` overrides).
+    """
+
+    def __init__(self, path: str, conf: Dict[str, str], variant: str = "", **kwargs: Any):
+        super().__init__(path, conf, post_filter=[SaveImaged], **kwargs)
+        self.variant = variant
+        if self.valid:
+            others = [d for d in self._config.get("device", []) if d != default_device()]
+            self._config["device"] = [default_device()] + others
+            self.description = f"{self.description} [variant: {variant or 'default'}]"
+
+    def info(self) -> Dict[str, Any]:
+        i = super().info()
+        i["variant"] = self.variant or "default"
+        return i
+
+    def __call__(self, request, callbacks=None) -> Tuple[Any, Dict]:
+        image = request.get("image")
+        if isinstance(image, str):
+            if not os.path.exists(image):
+                raise BadRequest(f"image {image!r} not found")
+            if not os.path.isdir(image):  # a folder is a DICOM series, read by the bundle's loader
+                read_header(image, "image")
+        request = dict(request)
+        if not request.get("device"):
+            request["device"] = default_device()
+        return super().__call__(request, callbacks)
+
+    def run_pre_transforms(self, data: Dict[str, Any], transforms):
+        stash = {
+            k: data.pop(k)
+            for k in list(data.keys())
+            if isinstance(k, str) and k.startswith(("image_", "label_")) and isinstance(data[k], str)
+        }
+        data[STASH_KEY] = stash
+        try:
+            return super().run_pre_transforms(data, transforms)
+        except Exception as e:
+            raise BadRequest(f"the image could not be loaded or preprocessed ({type(e).__name__}: {e})") from e
+
+    def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Any, Any]:
+        stash = data.pop(STASH_KEY, None) or {}
+        for k, v in stash.items():
+            data.setdefault(k, v)
+        if not data.get("result_extension") and not data.get("image_path", "").endswith((".nii.gz", ".nii", ".nrrd")):
+            data["result_extension"] = ".nii.gz"  # DICOM folder input
+        if dtype is None and not data.get("result_dtype"):
+            dtype = np.uint8
+        result_file, result_json = super().writer(data, extension=extension, dtype=dtype)
+        result_json = dict(result_json or {})
+        try:
+            result_json["volumetry"] = self.volumetry(data)
+        except Exception as e:  # the mask is still useful without the report
+            logger.warning("volumetry failed: %s", e)
+            result_json["volumetry"] = {"error": str(e)}
+        result_json["variant"] = self.variant or "default"
+        return result_file, result_json
+
+    def volumetry(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        pred = data[self.output_label_key]
+        arr = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+        meta = data.get(f"{self.output_label_key}_meta_dict") or {}
+        affine = meta.get("affine")
+        if affine is None and isinstance(pred, MetaTensor):
+            affine = pred.affine
+        if affine is None:
+            raise ValueError("no affine for the prediction")
+        affine = affine.detach().cpu().numpy() if isinstance(affine, torch.Tensor) else np.asarray(affine)
+        return volumetry(np.rint(arr).astype(np.int16), affine)

@@ -1,0 +1,240 @@
+"""``liverseg serve``: start the MONAI Label server with the liver app (for OHIF in a browser or 3D Slicer).
+
+What it does, so that the repository stays untouched while the server runs:
+
+1. copies the app (``apps/liver``) to ``<workdir>/app`` (refreshed at each start; the served bundle copies, the
+   weights trained through the API and the server log live under it);
+2. prepares the datastore ``<workdir>/datastore/<studies name>``: the images of ``--studies`` are copied there once
+   (new images are added at later starts, nothing is overwritten; nnU-Net's ``_0000`` channel suffix is dropped from
+   the ids), and the labels saved through the API stay there across restarts;
+3. sets the environment monailabel 0.8.5 needs here (tracking off, no automatic re-scoring after every saved label,
+   bundle zoo source that never queries the zoo API, sessions under the workdir);
+4. runs ``monailabel start_server`` on ``--host`` (default 127.0.0.1: this machine only) and ``--port``, prints the
+   URLs, and stops it cleanly on Ctrl-C.
+
+A DICOMweb URL as ``--studies`` (``http://.../dicom-web``) is passed through as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from liverseg.errors import LiverSegError
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_APP = REPO_ROOT / "apps" / "liver"
+DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "liver_ct_seg"
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+NNUNET_CHANNEL = "_0000"
+APP_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "model", "logs", "bin", ".pytest_cache")
+
+SERVER_ENV = {
+    "MONAI_LABEL_TRACKING_ENABLED": "false",
+    "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+    "BUNDLE_DOWNLOAD_SRC": "github",
+}
+
+
+def _image_suffix(name: str) -> str | None:
+    for s in IMAGE_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return None
+
+
+def datastore_name(studies: Path) -> str:
+    """Datastore folder name for a studies folder: ``<parent>_<name>`` (``Dataset001_LiverPhantom_imagesTs``)."""
+    studies = studies.resolve()
+    parts = [p for p in (studies.parent.name, studies.name) if p]
+    return "_".join(parts) or "studies"
+
+
+def prepare_datastore(studies: str | Path, datastore: str | Path) -> tuple[Path, list[str]]:
+    """Copy the images of ``studies`` that are not yet in ``datastore``; return the folder and the new ids.
+
+    Raises:
+        LiverSegError: ``studies`` is not a folder, or holds no NIfTI / NRRD image (and the datastore is empty).
+    """
+    studies, datastore = Path(studies), Path(datastore)
+    if not studies.is_dir():
+        raise LiverSegError(f"--studies {studies}: not a folder")
+    datastore.mkdir(parents=True, exist_ok=True)
+    existing = {p.name[: -len(_image_suffix(p.name) or "")] for p in datastore.iterdir() if _image_suffix(p.name)}
+    added = []
+    for src in sorted(studies.iterdir()):
+        suffix = _image_suffix(src.name)
+        if not suffix or not src.is_file() or src.name.startswith("."):
+            continue
+        case_id = src.name[: -len(suffix)]
+        if case_id.endswith(NNUNET_CHANNEL):
+            case_id = case_id[: -len(NNUNET_CHANNEL)]
+        if case_id in existing:
+            continue
+        tmp = datastore / f".{case_id}.part{suffix}"
+        shutil.copy2(src, tmp)
+        os.replace(tmp, datastore / f"{case_id}{suffix}")
+        existing.add(case_id)
+        added.append(case_id)
+    if not existing:
+        raise LiverSegError(f"--studies {studies}: no image (*.nii.gz, *.nii, *.nrrd) to serve")
+    return datastore, added
+
+
+def prepare_app(app: str | Path, workdir: str | Path) -> Path:
+    """Copy the app's code to ``<workdir>/app`` (replacing the previous copy's code, keeping model/ and logs/)."""
+    app, dest = Path(app), Path(workdir) / "app"
+    if not (app / "main.py").is_file():
+        raise LiverSegError(f"--app {app}: no main.py (expected a MONAI Label app folder such as apps/liver)")
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in dest.iterdir():
+        if entry.name not in ("model", "logs", "bin"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    shutil.copytree(app, dest, ignore=APP_IGNORE, dirs_exist_ok=True)
+    return dest
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise :class:`LiverSegError` when ``host:port`` cannot be bound (in use, or not an address of this host)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT does not block
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise LiverSegError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port") from e
+
+
+def server_command(app_dir: Path, studies: str, host: str, port: int, conf: Sequence[tuple[str, str]]) -> list[str]:
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", studies]
+    cmd += ["--host", host, "--port", str(port)]
+    for k, v in conf:
+        cmd += ["--conf", k, v]
+    return cmd
+
+
+def server_env(workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for k, v in SERVER_ENV.items():
+        env.setdefault(k, v)
+    env.setdefault("MONAI_LABEL_SESSION_PATH", str(workdir / "sessions"))
+    return env
+
+
+def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str]:
+    """Everything but starting the server: returns ``(command, environment, url)``."""
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not 0 < args.port < 65536:
+        raise LiverSegError(f"--port {args.port}: must be in 1..65535")
+    studies = str(args.studies)
+    if not studies.startswith(("http://", "https://")):
+        datastore, added = prepare_datastore(studies, workdir / "datastore" / datastore_name(Path(studies)))
+        if added:
+            logger.info("Copied %d image(s) from %s to the datastore %s", len(added), studies, datastore)
+        studies = str(datastore)
+    app_dir = prepare_app(args.app, workdir)
+    conf = [tuple(c) for c in (args.conf or [])]
+    if "bundle" not in {k for k, _ in conf}:
+        bundle = Path(args.bundle).resolve()
+        if not (bundle / "configs" / "inference.json").is_file():
+            raise LiverSegError(f"--bundle {bundle}: no configs/inference.json (expected bundles/liver_ct_seg)")
+        conf.append(("bundle", str(bundle)))
+    host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{host_for_url}:{args.port}/"
+    return server_command(app_dir, studies, args.host, args.port, conf), server_env(workdir), url
+
+
+def run_server(cmd: list[str], env: dict[str, str], url: str) -> int:
+    """Run the server in the foreground; Ctrl-C (or SIGTERM) stops it and returns 0."""
+    print(f"MONAI Label server starting: API and docs at {url}  (OHIF viewer: {url}ohif/ , needs a DICOMweb datastore)")
+    print("3D Slicer: MONAI Label module, server address " + url.rstrip("/") + " ; stop with Ctrl-C", flush=True)
+
+    def _stop(signum, frame):  # Ctrl-C or SIGTERM: stop the server (also when SIGINT was ignored, e.g. under '&')
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        logger.info("Stopping the server ...")
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cmd, env, url = prepare(args)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    check_port(args.host, args.port)
+    return run_server(cmd, env, url)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="start the MONAI Label server with the liver app",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000, what OHIF's MONAI Label panel expects)")
+    p.add_argument(
+        "--studies",
+        default=str(REPO_ROOT / "sample-data" / "Dataset001_LiverPhantom" / "imagesTs"),
+        help="folder of images to annotate (copied into the workdir's datastore) or a DICOMweb URL",
+    )
+    p.add_argument("--app", default=str(DEFAULT_APP), help="MONAI Label app folder (default apps/liver)")
+    p.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle to serve (default bundles/liver_ct_seg)")
+    p.add_argument(
+        "--conf",
+        nargs=2,
+        action="append",
+        metavar=("KEY", "VALUE"),
+        help="app option, repeatable, e.g. --conf variants unet,aunet,dalunet",
+    )
+    p.add_argument("--workdir", default=".cache/serve", help="runtime folder: datastore, app copy, weights, logs")
+    p.add_argument("--dry-run", action="store_true", help="prepare the workdir and print the server command only")
+    p.set_defaults(func=_run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m liverseg.serve ...``: the same as ``liverseg serve ...``."""
+    parser = argparse.ArgumentParser(prog="liverseg")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except LiverSegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

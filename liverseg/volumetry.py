@@ -1,0 +1,126 @@
+"""Liver and tumor volumetry from a label volume: volumes in millilitres, tumor count and tumor burden.
+
+The label follows :data:`liverseg.LABELS` (0 background, 1 liver, 2 tumor); tumors are inside the liver, so the
+liver volume reported here is the whole organ (liver parenchyma + tumors), the convention of liver volumetry and of
+the tumor-burden ratio. Voxel volumes come from the affine (``|det|`` of its 3x3 part), so the result does not
+depend on the array's orientation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from liverseg import LABELS
+
+__all__ = ["volumetry", "voxel_volume_ml", "TUMOR_CONNECTIVITY"]
+
+TUMOR_CONNECTIVITY = 3
+"""Tumors are 26-connected components of the tumor label (voxels touching by a face, an edge or a corner)."""
+
+_LIVER = LABELS["liver"]
+_TUMOR = LABELS["tumor"]
+
+
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    """Volume of one voxel in millilitres (``|det(affine[:3, :3])|`` mm^3 / 1000).
+
+    Raises:
+        ValueError: the affine is not a finite 4x4 matrix or its 3x3 part is singular.
+    """
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {a.shape}")
+    det = abs(float(np.linalg.det(a[:3, :3])))
+    if det <= 1e-12:
+        raise ValueError("affine is singular (zero voxel volume)")
+    return det / 1000.0
+
+
+def _check_label(label: np.ndarray) -> np.ndarray:
+    arr = np.asarray(label)
+    if arr.ndim == 4 and arr.shape[0] == 1:  # channel-first [1, i, j, k]
+        arr = arr[0]
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ValueError(f"label must be a 3D volume, got an array of shape {tuple(np.shape(label))}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError("label must hold integer values (0 background, 1 liver, 2 tumor)")
+        arr = arr.astype(np.int16)
+    elif arr.dtype.kind not in "iub":
+        raise ValueError(f"label must be an integer array, got dtype {arr.dtype}")
+    values = np.unique(arr)
+    bad = [int(v) for v in values if int(v) not in LABELS.values()]
+    if bad:
+        valid = sorted(LABELS.values())
+        raise ValueError(f"label holds values {bad}; valid values are {valid} (background, liver, tumor)")
+    return arr
+
+
+def volumetry(label: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
+    """Liver volume, tumor count, per-tumor volumes and tumor burden of a label volume.
+
+    Args:
+        label: integer array ``[i, j, k]`` (a leading or trailing singleton channel is accepted) with values
+            0 background, 1 liver, 2 tumor.
+        affine: 4x4 voxel-to-world (mm) matrix of ``label``.
+
+    Returns:
+        a JSON-serialisable dict:
+
+        - ``liver_volume_ml``: whole liver, parenchyma + tumors (labels 1 and 2);
+        - ``liver_parenchyma_volume_ml``: label 1 only;
+        - ``num_tumors``: number of 26-connected components of label 2;
+        - ``tumors``: one entry per tumor, largest first: ``id`` (1-based, in that order), ``volume_ml``,
+          ``num_voxels``, ``centroid_mm`` (world coordinates of the tumor's centroid);
+        - ``total_tumor_volume_ml``;
+        - ``tumor_burden_percent``: total tumor volume / liver volume x 100 (``None`` when there is no liver);
+        - ``voxel_volume_ml``, ``spacing_mm`` (voxel size along i, j, k).
+
+    Raises:
+        ValueError: ``label`` is not 3D, not integer-valued, holds values other than 0, 1, 2, or ``affine``
+            is not a finite non-singular 4x4 matrix.
+    """
+    arr = _check_label(label)
+    a = np.asarray(affine, dtype=float)
+    vox_ml = voxel_volume_ml(a)
+
+    n_liver_only = int(np.count_nonzero(arr == _LIVER))
+    tumor_mask = arr == _TUMOR
+    n_tumor = int(np.count_nonzero(tumor_mask))
+    liver_ml = (n_liver_only + n_tumor) * vox_ml
+
+    tumors: list[dict[str, Any]] = []
+    if n_tumor:
+        components, num = ndimage.label(tumor_mask, structure=np.ones((3, 3, 3), dtype=bool))
+        index = np.arange(1, num + 1)
+        sizes = ndimage.sum_labels(tumor_mask, components, index=index)
+        centroids = ndimage.center_of_mass(tumor_mask, components, index=index)
+        for size, centroid in zip(sizes, centroids):
+            world = a @ np.append(np.asarray(centroid, dtype=float), 1.0)
+            tumors.append(
+                {
+                    "volume_ml": round(float(size) * vox_ml, 4),
+                    "num_voxels": int(size),
+                    "centroid_mm": [round(float(v), 2) for v in world[:3]],
+                }
+            )
+        tumors.sort(key=lambda t: -t["num_voxels"])
+        for i, t in enumerate(tumors, 1):
+            t["id"] = i
+
+    total_tumor_ml = n_tumor * vox_ml
+    return {
+        "liver_volume_ml": round(liver_ml, 3),
+        "liver_parenchyma_volume_ml": round(n_liver_only * vox_ml, 3),
+        "num_tumors": len(tumors),
+        "tumors": [{"id": t["id"], **{k: v for k, v in t.items() if k != "id"}} for t in tumors],
+        "total_tumor_volume_ml": round(total_tumor_ml, 4),
+        "tumor_burden_percent": round(100.0 * total_tumor_ml / liver_ml, 4) if liver_ml > 0 else None,
+        "voxel_volume_ml": vox_ml,
+        "spacing_mm": [round(float(v), 4) for v in np.linalg.norm(a[:3, :3], axis=0)],
+    }
