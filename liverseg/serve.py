@@ -225,15 +225,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m liverseg.serve ...``: the same as ``liverseg serve ...``."""
-    parser = argparse.ArgumentParser(prog="liverseg")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except LiverSegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from liverseg.cli import main as cli_main
+
+    return cli_main(["serve", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

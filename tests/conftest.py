@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,3 +40,15 @@ def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         truth[case_id] = ph.info
     write_dataset_json(root, "SmallPhantom", "test fixture", phantoms=truth)
     return root
+
+
+def resample_to(src: np.ndarray, src_affine: np.ndarray, ref_affine: np.ndarray, ref_shape) -> np.ndarray:
+    """Values of ``src`` at the world positions of the voxels of the reference grid (grids must coincide)."""
+    t = np.linalg.inv(src_affine) @ ref_affine  # reference voxel -> source voxel
+    idx = np.indices(ref_shape).reshape(3, -1).astype(float)
+    src_idx = t[:3, :3] @ idx + t[:3, 3:]
+    rounded = np.rint(src_idx)
+    assert np.max(np.abs(src_idx - rounded)) < 1e-3, "grids do not coincide in world space"
+    rounded = rounded.astype(int)
+    assert np.all(rounded >= 0) and all(np.all(rounded[d] < src.shape[d]) for d in range(3)), "grids differ in extent"
+    return src[tuple(rounded)].reshape(ref_shape)

@@ -13,6 +13,7 @@ import pytest
 from liverseg.dicomio import read_dicom_series, write_dicom_series
 from liverseg.errors import InputError
 from liverseg.imageio import orientation_of
+from tests.conftest import resample_to
 
 REAL_CT = Path(
     os.environ.get("LIVERSEG_DCMQI_DATA", Path(__file__).resolve().parent / "data" / "dcmqi-ct3slice")
@@ -46,18 +47,6 @@ def pattern(shape=SHAPE) -> np.ndarray:
     """Non-symmetric HU-like pattern: any flip or transposition changes it."""
     i, j, k = np.indices(shape)
     return (-1000 + 7 * i + 31 * j + 211 * k + (i * j) % 5).astype(np.int16)
-
-
-def resample_to(src: np.ndarray, src_affine: np.ndarray, ref_affine: np.ndarray, ref_shape) -> np.ndarray:
-    """Values of ``src`` at the world positions of the voxels of the reference grid (grids must coincide)."""
-    t = np.linalg.inv(src_affine) @ ref_affine  # reference voxel -> source voxel
-    idx = np.indices(ref_shape).reshape(3, -1).astype(float)
-    src_idx = t[:3, :3] @ idx + t[:3, 3:]
-    rounded = np.rint(src_idx)
-    assert np.max(np.abs(src_idx - rounded)) < 1e-3, "grids do not coincide in world space"
-    rounded = rounded.astype(int)
-    assert np.all(rounded >= 0) and all(np.all(rounded[d] < src.shape[d]) for d in range(3)), "grids differ in extent"
-    return src[tuple(rounded)].reshape(ref_shape)
 
 
 @pytest.mark.parametrize("name", list(AFFINES))

@@ -19,6 +19,7 @@ from liverseg.dataset import read_dataset_json
 from liverseg.dicomio import read_dicom_series
 from liverseg.errors import InputError
 from liverseg.imageio import lps_to_ras, read_nifti
+from tests.conftest import resample_to
 
 DATA = Path(
     os.environ.get("LIVERSEG_DCMQI_DATA", Path(__file__).resolve().parents[1] / "data" / "dcmqi-ct3slice")
@@ -28,18 +29,6 @@ pytestmark = pytest.mark.skipif(
     not SEG.is_file(), reason=f"real DICOM SEG test data (dcmqi ct-3slice) not found at {DATA}; set LIVERSEG_DCMQI_DATA"
 )
 LIVER_VOXELS = 107098  # voxels of value 1 in liver_seg.nrrd
-
-
-def resample_to(src, src_affine, ref_affine, ref_shape):
-    """Values of ``src`` at the world positions of the reference grid's voxels (grids must coincide)."""
-    t = np.linalg.inv(src_affine) @ ref_affine
-    idx = np.indices(ref_shape).reshape(3, -1).astype(float)
-    src_idx = t[:3, :3] @ idx + t[:3, 3:]
-    rounded = np.rint(src_idx)
-    assert np.max(np.abs(src_idx - rounded)) < 1e-3, "grids do not coincide in world space"
-    rounded = rounded.astype(int)
-    assert np.all(rounded >= 0) and all(np.all(rounded[d] < src.shape[d]) for d in range(3))
-    return src[tuple(rounded)].reshape(ref_shape)
 
 
 def read_nrrd_ras(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from liverseg.dataset import list_cases, read_dataset_json
 from liverseg.dicomio import write_dicom_series
 from liverseg.errors import InputError
 from liverseg.imageio import read_nifti
+from tests.conftest import resample_to
 
 SHAPE = (24, 20, 8)
 AFFINES = {
@@ -44,18 +45,6 @@ def make_case(shape=SHAPE):
     label[liver] = 1
     label[t1 | t2] = 2
     return image, masks, label
-
-
-def resample_to(src, src_affine, ref_affine, ref_shape):
-    """Values of ``src`` at the world positions of the reference grid's voxels (grids must coincide)."""
-    t = np.linalg.inv(src_affine) @ ref_affine
-    idx = np.indices(ref_shape).reshape(3, -1).astype(float)
-    src_idx = t[:3, :3] @ idx + t[:3, 3:]
-    rounded = np.rint(src_idx)
-    assert np.max(np.abs(src_idx - rounded)) < 1e-3, "grids do not coincide in world space"
-    rounded = rounded.astype(int)
-    assert np.all(rounded >= 0) and all(np.all(rounded[d] < src.shape[d]) for d in range(3))
-    return src[tuple(rounded)].reshape(ref_shape)
 
 
 def write_patient(root: Path, n: int, affine=AFFINES["RAS"], masks=None) -> Path:
