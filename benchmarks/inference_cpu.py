@@ -1,0 +1,169 @@
+"""Inference benchmark on a full-size synthetic CT (512 x 512 x 200 by default), run in fresh processes.
+
+Prints, per network variant: end-to-end seconds (load -> saved mask, the bundle's inference.json), peak resident
+memory of that process, the network's own sliding-window time on the preprocessed volume, its achieved GFLOP/s
+next to this machine's measured fp32 matmul peak, and the ratio of end-to-end to network time. Also a plain MONAI
+``UNet`` of similar size through the same pipeline, for a like-for-like ratio in the same run.
+
+    python benchmarks/inference_cpu.py [--shape 512 512 200] [--variants aunet_ds unet aunet dalunet] \
+        [--out BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "liver_ct_seg"
+PLAIN_UNET = {
+    "_target_": "monai.networks.nets.UNet",
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 3,
+    "channels": [8, 16, 32, 64, 128],
+    "strides": [2, 2, 2, 2],
+    "num_res_units": 0,
+    "norm": "instance",
+}
+
+
+def matmul_peak_gflops(n: int = 2048, repeat: int = 5) -> float:
+    import torch
+
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeat))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def make_ct(path: Path, shape: tuple[int, int, int]) -> None:
+    """A phantom CT of ``shape`` (0.78 x 0.78 x 1.0 mm-ish grid covering the abdomen), written as NIfTI."""
+    from liverseg.imageio import write_nifti
+    from liverseg.phantom import generate_phantom
+
+    fov = (400.0, 400.0, 200.0)
+    ph = generate_phantom(0, shape=shape, spacing=tuple(f / s for f, s in zip(fov, shape)), orientation="LPS")
+    write_nifti(path, ph.image, ph.affine)
+
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {bundle!r})
+import torch
+torch.set_num_threads(int({threads}))
+from monai.bundle import ConfigWorkflow
+from torch.utils.flop_counter import FlopCounterMode
+t0 = time.perf_counter()
+wf = ConfigWorkflow(config_file={configs!r}, meta_file={meta!r}, logging_file=False, workflow_type="infer",
+                    bundle_root={bundle!r}, input_files=[{image!r}], output_dir={out!r}, **json.loads({override!r}))
+wf.initialize()
+net_time = [0.0]
+shapes = []
+inferer = wf.parser.get_parsed_content("inferer")
+orig = inferer.__call__
+def timed_call(*a, **k):
+    shapes.append(tuple(a[0].shape[2:]))
+    t = time.perf_counter(); r = orig(*a, **k); net_time[0] += time.perf_counter() - t; return r
+type(inferer).__call__ = lambda self, *a, **k: timed_call(*a, **k)
+wf.run()
+total = time.perf_counter() - t0
+net = wf.parser.get_parsed_content("network").eval()
+roi = wf.parser["roi_size"]
+x = torch.zeros(1, 1, *roi)
+with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    net(x)
+flops_per_window = fc.get_total_flops()
+from monai.data.utils import dense_patch_slices
+from monai.inferers.utils import _get_scan_interval
+size = [max(s, r) for s, r in zip(shapes[0], roi)]
+windows = len(dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, [wf.parser["sw_overlap"]] * 3)))
+print(json.dumps({{"total_s": total, "net_s": net_time[0], "flops_per_window": flops_per_window,
+    "windows": windows, "preprocessed_shape": shapes[0],
+    "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024}}))
+"""
+
+
+def run_variant(name: str, image: Path, out: Path, threads: int, weights: bool) -> dict:
+    configs = [str(BUNDLE / "configs" / "inference.json")]
+    override: dict = {}
+    if name == "plain_monai_unet":
+        override["network_def"] = PLAIN_UNET
+    elif name != "aunet_ds":
+        configs.append(str(BUNDLE / "configs" / "variants" / f"{name}.json"))
+    if not weights or name != "aunet_ds":
+        # no trained weights for this network: time it with random weights (speed does not depend on them)
+        ckpt = out / f"{name}_ckpt"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        override["ckpt_dir"] = str(ckpt)
+        override["handlers"] = [{"_target_": "StatsHandler", "iteration_log": False}]
+    code = CHILD.format(
+        bundle=str(BUNDLE), threads=threads, configs=configs, meta=str(BUNDLE / "configs" / "metadata.json"),
+        image=str(image), out=str(out / name), override=json.dumps(override),
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    if res.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", type=int, nargs=3, default=(512, 512, 200))
+    p.add_argument("--variants", nargs="+", default=["aunet_ds", "plain_monai_unet", "unet", "aunet", "dalunet"])
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", type=Path, help="write a markdown report here")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak_gflops()
+    print(f"fp32 matmul peak (2048^2, {args.threads} threads): {peak:.1f} GFLOP/s")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        image = tmp_path / "ct.nii.gz"
+        t = time.perf_counter()
+        make_ct(image, tuple(args.shape))
+        print(f"synthetic CT {tuple(args.shape)} written in {time.perf_counter() - t:.1f} s")
+        for name in args.variants:
+            r = run_variant(name, image, tmp_path, args.threads, weights=True)
+            r["gflops_per_s"] = r["flops_per_window"] * r["windows"] / max(r["net_s"], 1e-9) / 1e9
+            rows.append((name, r))
+            print(f"{name}: end-to-end {r['total_s']:.1f} s, network {r['net_s']:.1f} s "
+                  f"({r['total_s'] / max(r['net_s'], 1e-9):.2f}x), peak RSS {r['peak_rss_gb']:.2f} GB, "
+                  f"{r['windows']} windows over {r['preprocessed_shape']}, {r['gflops_per_s']:.1f} GFLOP/s "
+                  f"({100 * r['gflops_per_s'] / peak:.0f}% of matmul peak)")
+    if args.out:
+        lines = [
+            "# Benchmarks", "",
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+            f"{args.threads}; fp32 matmul peak {peak:.1f} GFLOP/s. Command: `python benchmarks/inference_cpu.py`.",
+            f"Input: synthetic CT {tuple(args.shape)} voxels (LPS, 0.78 x 0.78 x 1.0 mm), default inference.json.", "",
+            "| network | end to end (s) | network (s) | end-to-end / network | peak RSS (GB) | network GFLOP/s "
+            "| % of matmul peak |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, r in rows:
+            lines.append(f"| {name} | {r['total_s']:.1f} | {r['net_s']:.1f} | "
+                         f"{r['total_s'] / max(r['net_s'], 1e-9):.2f} | {r['peak_rss_gb']:.2f} | "
+                         f"{r['gflops_per_s']:.1f} | {100 * r['gflops_per_s'] / peak:.0f}% |")
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
