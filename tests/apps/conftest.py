@@ -20,9 +20,8 @@ import requests
 from liverseg.dataset import write_case, write_dataset_json
 from liverseg.imageio import write_nifti
 from liverseg.phantom import generate_phantom
+from tests.conftest import BUNDLE, REPO
 
-REPO = Path(__file__).resolve().parents[2]
-BUNDLE = REPO / "bundles" / "liver_ct_seg"
 APP = REPO / "apps" / "liver"
 sys.path.insert(0, str(APP))  # the app's `lib` package, for unit tests
 

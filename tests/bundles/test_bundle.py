@@ -44,9 +44,9 @@ def configs(kind: str, *variants: str) -> list[str]:
 def workflow(kind: str, variants: tuple[str, ...] = (), workflow_type: str = "train", **override):
     from monai.bundle import ConfigWorkflow
 
-    files = configs("train", *variants) + ([str(CONFIGS / "evaluate.json")] if kind == "evaluate" else [])
-    if kind == "inference":
-        files = configs("inference", *variants)
+    files = configs("inference" if kind == "inference" else "train", *variants)
+    if kind == "evaluate":
+        files.append(str(CONFIGS / "evaluate.json"))
     return ConfigWorkflow(
         config_file=files,
         meta_file=META,
