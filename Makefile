@@ -10,7 +10,7 @@ PORT ?= 8000
 STUDIES ?= sample-data/Dataset001_LiverPhantom/imagesTs
 CACHE := .cache
 
-.PHONY: install serve test sample-data weights score-weights lint clean
+.PHONY: install system-deps serve test sample-data weights score-weights comparison lint clean
 
 install: $(VENV)/.installed
 
@@ -28,7 +28,18 @@ $(CACHE)/wheels/.fetched: | install
 	$(PY) -m pip download --quiet --no-deps liver-ct-segmentation-package==1.6.0 -d $(CACHE)/wheels
 	touch $@
 
-test: install $(CACHE)/wheels/.fetched
+# The DICOMweb/OHIF tests need a DICOMweb store and a browser: Debian's orthanc, orthanc-dicomweb and chromium.
+# Installed with apt when missing and this runs as root (CI); otherwise those tests skip and say what to install.
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
+system-deps:
+	@if command -v Orthanc >/dev/null && command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $(SYSTEM_PACKAGES) (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			$(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "note: $(SYSTEM_PACKAGES) not installed (needs root: apt-get install $(SYSTEM_PACKAGES)); the DICOMweb/OHIF tests will skip"; fi
+
+test: install system-deps $(CACHE)/wheels/.fetched
 	$(PY) -m pytest
 
 sample-data: install
@@ -63,6 +74,16 @@ score-weights: install
 		--meta_file configs/metadata.json --logging_file configs/logging.conf \
 		--dataset_dir ../../sample-data/Dataset001_LiverPhantom --output_dir ../../$(SCORE)/pred
 	$(PY) -m liverseg evaluate $(SCORE)/pred sample-data/Dataset001_LiverPhantom/labelsTs --out $(SCORE)
+
+# The comparison run of issue 5 (configs/comparison.json: four networks + window / histogram-equalization ablations,
+# same budget and seed) on the sample phantoms; resumes where it stopped; the report is copied to docs/comparison/.
+# Another dataset: make comparison COMPARE_ARGS="--dataset path/to/DatasetXXX" (see `liverseg compare --help`).
+COMPARE_OUT := $(CACHE)/comparison
+comparison: install
+	$(PY) -m liverseg compare --out $(COMPARE_OUT) $(COMPARE_ARGS)
+	mkdir -p docs/comparison
+	cp -r $(COMPARE_OUT)/comparison.md $(COMPARE_OUT)/comparison.csv $(COMPARE_OUT)/curves.png \
+		$(COMPARE_OUT)/pictures $(COMPARE_OUT)/provenance.json docs/comparison/
 
 lint: install
 	$(PY) -m flake8 liverseg apps bundles tests

@@ -6,7 +6,11 @@ next to this machine's measured fp32 matmul peak, and the ratio of end-to-end to
 ``UNet`` of similar size through the same pipeline, for a like-for-like ratio in the same run.
 
     python benchmarks/inference_cpu.py [--shape 512 512 200] [--variants aunet_ds unet aunet dalunet] \
-        [--out BENCHMARKS.md]
+        [--out BENCHMARKS.md] [--image CT.nii.gz] [--repeat 3] [--steps]
+
+``--steps`` adds, per run, the seconds of each pre- and postprocessing transform (timed inside the same run);
+``--repeat N`` runs each variant N times (fresh processes) and reports the run with the median end-to-end time;
+``--image`` times an existing NIfTI instead of writing the synthetic one.
 """
 
 from __future__ import annotations
@@ -71,6 +75,21 @@ t0 = time.perf_counter()
 wf = ConfigWorkflow(config_file={configs!r}, meta_file={meta!r}, logging_file=False, workflow_type="infer",
                     bundle_root={bundle!r}, input_files=[{image!r}], output_dir={out!r}, **json.loads({override!r}))
 wf.initialize()
+steps = {{}}
+if {steps!r}:
+    # time each pre-/postprocessing transform where Compose calls it (class-level wrapper, as for the inferer)
+    def timed_class(cls, name):
+        call = cls.__call__
+        def wrapper(self, *a, **k):
+            t = time.perf_counter()
+            r = call(self, *a, **k)
+            steps[name] = steps.get(name, 0.0) + time.perf_counter() - t
+            return r
+        cls.__call__ = wrapper
+    for stage in ("preprocessing", "postprocessing"):
+        for tr in wf.parser.get_parsed_content(stage).transforms:
+            timed_class(type(tr), stage[:-len("processing")] + "." + type(tr).__name__)
+    steps["setup"] = time.perf_counter() - t0
 net_time = [0.0]
 shapes = []
 inferer = wf.parser.get_parsed_content("inferer")
@@ -92,12 +111,12 @@ from monai.inferers.utils import _get_scan_interval
 size = [max(s, r) for s, r in zip(shapes[0], roi)]
 windows = len(dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, [wf.parser["sw_overlap"]] * 3)))
 print(json.dumps({{"total_s": total, "net_s": net_time[0], "flops_per_window": flops_per_window,
-    "windows": windows, "preprocessed_shape": shapes[0],
+    "windows": windows, "preprocessed_shape": shapes[0], "steps": steps,
     "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024}}))
 """
 
 
-def run_variant(name: str, image: Path, out: Path, threads: int, weights: bool) -> dict:
+def run_variant(name: str, image: Path, out: Path, threads: int, weights: bool, steps: bool = False) -> dict:
     configs = [str(BUNDLE / "configs" / "inference.json")]
     override: dict = {}
     if name == "plain_monai_unet":
@@ -112,7 +131,7 @@ def run_variant(name: str, image: Path, out: Path, threads: int, weights: bool) 
         override["handlers"] = [{"_target_": "StatsHandler", "iteration_log": False}]
     code = CHILD.format(
         bundle=str(BUNDLE), threads=threads, configs=configs, meta=str(BUNDLE / "configs" / "metadata.json"),
-        image=str(image), out=str(out / name), override=json.dumps(override),
+        image=str(image), out=str(out / name), override=json.dumps(override), steps=bool(steps),
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     if res.returncode != 0:
@@ -126,7 +145,14 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=["aunet_ds", "plain_monai_unet", "unet", "aunet", "dalunet"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--out", type=Path, help="write a markdown report here")
+    p.add_argument("--image", type=Path, help="time this NIfTI instead of a synthetic CT of --shape")
+    p.add_argument("--repeat", type=int, default=1, help="runs per variant; the median end-to-end run is reported")
+    p.add_argument("--steps", action="store_true", help="also print the seconds of each pre-/postprocessing step")
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error(f"--repeat must be >= 1, got {args.repeat}")
+    if args.image is not None and not args.image.is_file():
+        p.error(f"--image {args.image} is not a file")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -135,24 +161,40 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        image = tmp_path / "ct.nii.gz"
-        t = time.perf_counter()
-        make_ct(image, tuple(args.shape))
-        print(f"synthetic CT {tuple(args.shape)} written in {time.perf_counter() - t:.1f} s")
+        if args.image is not None:
+            image = args.image
+        else:
+            image = tmp_path / "ct.nii.gz"
+            t = time.perf_counter()
+            make_ct(image, tuple(args.shape))
+            print(f"synthetic CT {tuple(args.shape)} written in {time.perf_counter() - t:.1f} s")
         for name in args.variants:
-            r = run_variant(name, image, tmp_path, args.threads, weights=True)
+            runs = sorted(
+                (run_variant(name, image, tmp_path, args.threads, weights=True, steps=args.steps)
+                 for _ in range(args.repeat)),
+                key=lambda run: run["total_s"],
+            )
+            r = runs[len(runs) // 2]
             r["gflops_per_s"] = r["flops_per_window"] * r["windows"] / max(r["net_s"], 1e-9) / 1e9
             rows.append((name, r))
             print(f"{name}: end-to-end {r['total_s']:.1f} s, network {r['net_s']:.1f} s "
                   f"({r['total_s'] / max(r['net_s'], 1e-9):.2f}x), peak RSS {r['peak_rss_gb']:.2f} GB, "
                   f"{r['windows']} windows over {r['preprocessed_shape']}, {r['gflops_per_s']:.1f} GFLOP/s "
                   f"({100 * r['gflops_per_s'] / peak:.0f}% of matmul peak)")
+            if args.repeat > 1:
+                print(f"  {args.repeat} runs, end-to-end / network: "
+                      + ", ".join(f"{x['total_s']:.1f}/{x['net_s']:.1f}" for x in runs))
+            if args.steps:
+                rest = r["total_s"] - r["net_s"] - sum(r["steps"].values())
+                print("  steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["steps"].items())
+                      + f", network {r['net_s']:.2f}, other {rest:.2f}")
     if args.out:
         lines = [
             "# Benchmarks", "",
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
             f"{args.threads}; fp32 matmul peak {peak:.1f} GFLOP/s. Command: `python benchmarks/inference_cpu.py`.",
-            f"Input: synthetic CT {tuple(args.shape)} voxels (LPS, 0.78 x 0.78 x 1.0 mm), default inference.json.", "",
+            (f"Input: synthetic CT {tuple(args.shape)} voxels (LPS, 0.78 x 0.78 x 1.0 mm), default inference.json."
+             if args.image is None else f"Input: {args.image.name}, default inference.json."), "",
             "| network | end to end (s) | network (s) | end-to-end / network | peak RSS (GB) | network GFLOP/s "
             "| % of matmul peak |",
             "|---|---|---|---|---|---|---|",

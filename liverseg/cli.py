@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "liverseg.preview",
     "liverseg.windowing",
     "liverseg.evaluation",
+    "liverseg.compare",
     "liverseg.serve",
 )
 

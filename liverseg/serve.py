@@ -12,7 +12,11 @@ What it does, so that the repository stays untouched while the server runs:
 4. runs ``monailabel start_server`` on ``--host`` (default 127.0.0.1: this machine only) and ``--port``, prints the
    URLs, and stops it cleanly on Ctrl-C.
 
-A DICOMweb URL as ``--studies`` (``http://.../dicom-web``) is passed through as it is.
+A DICOMweb URL as ``--studies`` (``http://127.0.0.1:8042/dicom-web``, e.g. Orthanc with its DICOMweb plugin) is
+passed to monailabel's DICOMweb datastore: nothing is copied, the series are fetched into ``<workdir>/dicomweb`` when
+first used, and saved ``final`` labels are stored back as DICOM SEG. Before starting, ``liverseg serve`` checks that
+the URL answers a QIDO-RS query and that dcmqi's ``itkimage2segimage`` is installed (without it monailabel tries to
+download it from GitHub at start-up and stops when offline).
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Sequence
 
@@ -43,7 +51,47 @@ SERVER_ENV = {
     "MONAI_LABEL_TRACKING_ENABLED": "false",
     "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
     "BUNDLE_DOWNLOAD_SRC": "github",
+    # monailabel caches the DICOMweb series list (and the list of labelled series) for 2 h by default: studies
+    # sent to the DICOMweb server, and SEG labels saved, while the server runs would stay invisible that long
+    "MONAI_LABEL_DICOMWEB_CACHE_EXPIRY": "30",
 }
+DCMQI_TOOL = "itkimage2segimage"  # dcmqi (pip install dcmqi): NIfTI label -> DICOM SEG, for DICOMweb datastores
+
+
+def is_dicomweb(studies: str) -> bool:
+    """True when ``--studies`` is a DICOMweb URL (``http://`` or ``https://``) rather than a folder."""
+    return str(studies).startswith(("http://", "https://"))
+
+
+def check_dicomweb_url(url: str) -> str:
+    """The DICOMweb base URL without trailing slash; :class:`LiverSegError` when it has no host or has a query."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise LiverSegError(
+            f"--studies {url}: not a DICOMweb base URL (expected e.g. http://127.0.0.1:8042/dicom-web)"
+        )
+    return url.strip().rstrip("/")
+
+
+def check_dicomweb_server(url: str, timeout: float = 10.0) -> None:
+    """Raise :class:`LiverSegError` unless ``<url>/studies`` answers a QIDO-RS query (200, or 204 when empty)."""
+    request = urllib.request.Request(f"{url}/studies?limit=1", headers={"Accept": "application/dicom+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise LiverSegError(
+            f"--studies {url}: cannot reach the DICOMweb server ({reason}); is it running (e.g. Orthanc with the "
+            "DICOMweb plugin) and is the URL its DICOMweb root?"
+        ) from e
+    if status not in (200, 204):
+        raise LiverSegError(
+            f"--studies {url}: GET {url}/studies answered HTTP {status}, not a DICOMweb (QIDO-RS) endpoint; "
+            "for Orthanc the root is http://<host>:8042/dicom-web"
+        )
 
 
 def _image_suffix(name: str) -> str | None:
@@ -128,6 +176,12 @@ def server_env(workdir: Path) -> dict[str, str]:
     for k, v in SERVER_ENV.items():
         env.setdefault(k, v)
     env.setdefault("MONAI_LABEL_SESSION_PATH", str(workdir / "sessions"))
+    env.setdefault("MONAI_LABEL_DICOMWEB_CACHE_PATH", str(workdir / "dicomweb"))
+    # the console scripts of this Python environment first (dcmqi's itkimage2segimage, monailabel's own tools),
+    # also when the environment is not activated (``.venv/bin/python -m liverseg serve``)
+    scripts = sysconfig.get_path("scripts")
+    path = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != scripts]
+    env["PATH"] = os.pathsep.join([scripts, *path])
     return env
 
 
@@ -138,7 +192,15 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str]:
     if not 0 < args.port < 65536:
         raise LiverSegError(f"--port {args.port}: must be in 1..65535")
     studies = str(args.studies)
-    if not studies.startswith(("http://", "https://")):
+    env = server_env(workdir)
+    if is_dicomweb(studies):
+        studies = check_dicomweb_url(studies)
+        if not shutil.which(DCMQI_TOOL, path=env["PATH"]):
+            raise LiverSegError(
+                f"--studies {studies}: a DICOMweb datastore needs dcmqi's {DCMQI_TOOL} (labels are stored as DICOM "
+                "SEG), not found on PATH: pip install dcmqi"
+            )
+    else:
         datastore, added = prepare_datastore(studies, workdir / "datastore" / datastore_name(Path(studies)))
         if added:
             logger.info("Copied %d image(s) from %s to the datastore %s", len(added), studies, datastore)
@@ -152,7 +214,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str]:
         conf.append(("bundle", str(bundle)))
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{host_for_url}:{args.port}/"
-    return server_command(app_dir, studies, args.host, args.port, conf), server_env(workdir), url
+    return server_command(app_dir, studies, args.host, args.port, conf), env, url
 
 
 def run_server(cmd: list[str], env: dict[str, str], url: str) -> int:
@@ -192,6 +254,9 @@ def _run(args: argparse.Namespace) -> int:
         print(" ".join(cmd))
         return 0
     check_port(args.host, args.port)
+    studies = cmd[cmd.index("--studies") + 1]
+    if is_dicomweb(studies):
+        check_dicomweb_server(studies)
     return run_server(cmd, env, url)
 
 

@@ -53,9 +53,8 @@ def _check_label(label: np.ndarray) -> np.ndarray:
         arr = arr.astype(np.int16)
     elif arr.dtype.kind not in "iub":
         raise ValueError(f"label must be an integer array, got dtype {arr.dtype}")
-    values = np.unique(arr)
-    bad = [int(v) for v in values if int(v) not in LABELS.values()]
-    if bad:
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > max(LABELS.values())):  # min/max: no full sort
+        bad = [int(v) for v in np.unique(arr) if int(v) not in LABELS.values()]
         valid = sorted(LABELS.values())
         raise ValueError(f"label holds values {bad}; valid values are {valid} (background, liver, tumor)")
     return arr
@@ -89,19 +88,23 @@ def volumetry(label: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
     a = np.asarray(affine, dtype=float)
     vox_ml = voxel_volume_ml(a)
 
-    n_liver_only = int(np.count_nonzero(arr == _LIVER))
-    tumor_mask = arr == _TUMOR
-    n_tumor = int(np.count_nonzero(tumor_mask))
+    # one pass over the (possibly full-resolution, 50 M-voxel) volume for the counts; the connected components and
+    # centroids only inside the tumors' bounding box
+    counts = np.bincount(arr.ravel().astype(np.uint8, copy=False), minlength=3)
+    n_liver_only, n_tumor = int(counts[_LIVER]), int(counts[_TUMOR])
     liver_ml = (n_liver_only + n_tumor) * vox_ml
 
     tumors: list[dict[str, Any]] = []
     if n_tumor:
-        components, num = ndimage.label(tumor_mask, structure=np.ones((3, 3, 3), dtype=bool))
-        index = np.arange(1, num + 1)
-        sizes = ndimage.sum_labels(tumor_mask, components, index=index)
-        centroids = ndimage.center_of_mass(tumor_mask, components, index=index)
+        tumor_mask = arr == _TUMOR
+        box = ndimage.find_objects(tumor_mask.view(np.uint8))[0]
+        sub = tumor_mask[box]
+        offset = np.array([sl.start for sl in box], dtype=float)
+        components, num = ndimage.label(sub, structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(components.ravel(), minlength=num + 1)[1:]
+        centroids = ndimage.center_of_mass(sub, components, index=np.arange(1, num + 1))
         for size, centroid in zip(sizes, centroids):
-            world = a @ np.append(np.asarray(centroid, dtype=float), 1.0)
+            world = a @ np.append(np.asarray(centroid, dtype=float) + offset, 1.0)
             tumors.append(
                 {
                     "volume_ml": round(float(size) * vox_ml, 4),

@@ -26,7 +26,7 @@ import torch
 from lib import server
 from lib.activelearning import EpistemicStrategy
 from lib.bundles import BUNDLE_NAME, ServedBundle, parse_variants, prepare_bundle
-from lib.datastore import LiverDatastore
+from lib.datastore import LiverDatastore, LiverDICOMwebDatastore
 from lib.infer import LiverSegInferTask, default_device
 from lib.scoring import DiceScoring, EpistemicTTAScoring
 from lib.train import LiverSegTrainTask
@@ -90,7 +90,7 @@ class LiverApp(MONAILabelApp):
             name="Liver CT segmentation (liverseg)",
             description="Liver and liver-tumor segmentation in CT with the liver_ct_seg bundle; volumetry in results",
             version="1.0",
-            labels=LABELS,
+            labels=list(LABELS),  # a list: the 0.8.5 OHIF panel calls all_labels.push()
         )
         server.install(self._names)
 
@@ -99,7 +99,12 @@ class LiverApp(MONAILabelApp):
     # ---------------------------------------------------------------------------------------------------------
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+                return super().init_datastore()
+            # DICOMweb: labels from the store are put on their image's grid and checked (see lib/datastore.py)
+            self.studies = self.studies.strip().rstrip("/")
+            self._download_dcmqi_tools()  # no-op when dcmqi's itkimage2segimage is installed (liverseg serve checks)
+            return LiverDICOMwebDatastore.from_settings(self.studies)
         return LiverDatastore(
             self.studies,
             extensions=("*.nii.gz", "*.nii", "*.nrrd"),

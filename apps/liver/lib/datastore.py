@@ -1,19 +1,65 @@
-"""A local datastore that validates ids, tags, uploaded images and labels before writing anything."""
+"""Datastores of the liver app: a validated local folder, and a DICOMweb store whose labels lie on their image's grid.
+
+- :class:`LiverDatastore` (``--studies <folder>``): monailabel's :class:`LocalDatastore` with id, upload and label
+  checks.
+- :class:`LiverDICOMwebDatastore` (``--studies http://<host>/dicom-web``): monailabel's DICOMweb datastore, fixed so
+  that training, Dice scoring and label downloads see every ``final`` label on its image's grid. monailabel 0.8.5
+  converts a DICOM SEG read from the store into a volume covering only the slices that hold segments (e.g. 64x64x27
+  for a 64x64x32 series), and the bundle's training transforms do not resample labels to their image: the label was
+  shifted by several slices. Here each SEG is painted onto its image's voxel grid in world (patient) space, frame by
+  frame from its own position (nearest neighbour), and checked like a local label.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+import os
+import pathlib
+import tempfile
+import time
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from lib.validation import NotFound, check_id, check_label_file, read_header
+import numpy as np
+from lib.validation import BadRequest, NotFound, check_id, check_label_file, read_header
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.datastore import DefaultLabelTag
 
 logger = logging.getLogger(__name__)
 
 LABEL_VALUES = {0, 1, 2}
+SEGMENT_VALUES = {"liver": 1, "tumor": 2}  # DICOM SEG segment label (case-insensitive) -> label value
+ON_GRID_TOLERANCE = 0.05  # voxels: a SEG frame pixel this close to an image voxel centre lies on the image grid
+FINAL = DefaultLabelTag.FINAL.value
 
 
-class LiverDatastore(LocalDatastore):
+class _CheckedIds:
+    """Id checks and 404s shared by the app's datastores (mixed in before the monailabel datastore class)."""
+
+    def remove_image(self, image_id: str) -> None:
+        check_id(image_id, "image id")
+        if not self._has_image(image_id):
+            raise NotFound(f"image {image_id!r} is not in the datastore")
+        super().remove_image(image_id)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        check_id(label_id, "label id")
+        check_id(label_tag, "label tag")
+        if not self.get_label_uri(label_id, label_tag):
+            raise NotFound(f"no label {label_id!r} with tag {label_tag!r}")
+        super().remove_label(label_id, label_tag)
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        check_id(image_id, "image id")
+        if not self._has_image(image_id):
+            raise NotFound(f"image {image_id!r} is not in the datastore")
+        super().update_image_info(image_id, info)
+
+    def _has_image(self, image_id: str) -> bool:
+        return bool(self.get_image_uri(image_id))
+
+
+class LiverDatastore(_CheckedIds, LocalDatastore):
     """:class:`LocalDatastore` that refuses, with a 4xx, what would escape the folder or poison training:
 
     - image ids and label tags that are not plain names (``../x``, ``a/b``): they would be joined to the datastore
@@ -38,21 +84,407 @@ class LiverDatastore(LocalDatastore):
         check_label_file(label_filename, image_uri, LABEL_VALUES)
         return super().save_label(image_id, label_filename, label_tag, label_info)
 
-    def remove_image(self, image_id: str) -> None:
-        check_id(image_id, "image id")
-        if not self.get_image_uri(image_id):
-            raise NotFound(f"image {image_id!r} is not in the datastore")
-        super().remove_image(image_id)
 
-    def remove_label(self, label_id: str, label_tag: str) -> None:
-        check_id(label_id, "label id")
+# -------------------------------------------------------------------------------------------------------------------
+# labels on the image grid
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def _grid(image_path: str) -> Tuple[Tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """``(size, origin, spacing, direction)`` of a 3D image file in ITK's LPS physical space, voxels not read."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(image_path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise BadRequest(f"the image {image_path} could not be read ({e})") from e
+    size = tuple(int(s) for s in reader.GetSize())
+    while len(size) > 3 and size[-1] == 1:
+        size = size[:-1]
+    if len(size) != 3:
+        raise BadRequest(f"the image {image_path} is not a 3D volume (size {reader.GetSize()})")
+    dim = reader.GetDimension()
+    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    return size, np.asarray(reader.GetOrigin()[:3], float), np.asarray(reader.GetSpacing()[:3], float), direction
+
+
+def _image_on_grid(values_xyz: np.ndarray, grid) -> Any:
+    """A SimpleITK uint8 image of ``values_xyz`` (indexed ``[i, j, k]``) with the geometry ``grid``."""
+    import SimpleITK as sitk
+
+    _, origin, spacing, direction = grid
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(values_xyz, np.uint8).transpose(2, 1, 0)))
+    img.SetOrigin(tuple(float(v) for v in origin))
+    img.SetSpacing(tuple(float(v) for v in spacing))
+    img.SetDirection(tuple(float(v) for v in direction.ravel()))
+    return img
+
+
+def _resample_to_grid(img: Any, grid) -> Any:
+    """Nearest-neighbour resampling of a SimpleITK label image onto ``grid`` in world space (outside: 0)."""
+    import SimpleITK as sitk
+
+    size, origin, spacing, direction = grid
+    return sitk.Resample(
+        img,
+        [int(s) for s in size],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        [float(v) for v in origin],
+        [float(v) for v in spacing],
+        [float(v) for v in direction.ravel()],
+        0,
+        sitk.sitkUInt8,
+    )
+
+
+def _check_values(values: Iterable[float], what: str) -> None:
+    values = np.asarray(list(values), dtype=float)
+    if np.any(values != np.round(values)):
+        raise BadRequest(f"{what} holds non-integer values")
+    bad = sorted(set(int(v) for v in values) - LABEL_VALUES)
+    if bad:
+        raise BadRequest(f"{what} holds label values {bad[:10]}; valid values are {sorted(LABEL_VALUES)}")
+
+
+def label_to_image_grid(label_path: str, image_path: str, out_path: str) -> List[int]:
+    """Write the label ``label_path`` resampled onto the voxel grid of ``image_path`` (world space, nearest
+    neighbour, uint8 NIfTI ``out_path``); returns the label values present.
+
+    A label already on the image's grid is copied voxel for voxel (the file then carries the image's header exactly).
+
+    Raises:
+        BadRequest: unreadable files, values outside 0, 1, 2, or a label whose foreground lies outside the image.
+    """
+    import SimpleITK as sitk
+
+    grid = _grid(image_path)
+    try:
+        img = sitk.ReadImage(str(label_path))
+    except RuntimeError as e:
+        raise BadRequest(f"the label could not be read ({e})") from e
+    if img.GetNumberOfComponentsPerPixel() == 1 and img.GetDimension() == 4 and img.GetSize()[3] == 1:
+        img = sitk.Extract(img, list(img.GetSize()[:3]) + [0], [0, 0, 0, 0])
+    if img.GetNumberOfComponentsPerPixel() != 1 or img.GetDimension() != 3:
+        raise BadRequest(f"the label must be a 3D single-channel volume (size {img.GetSize()})")
+    source = sitk.GetArrayViewFromImage(img)
+    _check_values(np.unique(source), "the label")
+    out = _resample_to_grid(img, grid)
+    values = np.unique(sitk.GetArrayViewFromImage(out)).astype(int).tolist()
+    if np.any(source != 0) and values == [0]:
+        raise BadRequest("the label does not overlap its image in world space (check the label's geometry)")
+    sitk.WriteImage(out, str(out_path), True)
+    return values
+
+
+def segment_values(segments: Dict[int, Any]) -> Dict[int, int]:
+    """Label value of each segment number of a DICOM SEG (``segments``: number -> SegmentSequence item).
+
+    When every segment is named after an app label (``SegmentLabel`` ``liver`` or ``tumor``, any case), the names
+    decide; otherwise the segment numbers are the values (monailabel's convention), checked by the caller.
+    """
+    names = {int(n): str(getattr(s, "SegmentLabel", "")).strip().lower() for n, s in segments.items()}
+    if names and all(name in SEGMENT_VALUES for name in names.values()):
+        return {n: SEGMENT_VALUES[name] for n, name in names.items()}
+    if names:
+        unknown = sorted({name for name in names.values() if name not in SEGMENT_VALUES})
+        logger.warning("DICOM SEG segments %s are not named liver / tumor: segment numbers used as values", unknown)
+    return {n: n for n in names}
+
+
+def _frame_items(ds: Any) -> List[Tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(segment number, position, iop, pixel spacing)`` of each frame (per-frame or shared functional groups)."""
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+
+    def group(item, name):
+        if name in item:
+            return item[name].value[0]
+        if shared is not None and name in shared:
+            return shared[name].value[0]
+        raise ValueError(f"{name} missing")
+
+    out = []
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        number = int(group(item, "SegmentIdentificationSequence").ReferencedSegmentNumber)
+        ipp = np.asarray([float(v) for v in group(item, "PlanePositionSequence").ImagePositionPatient])
+        iop = np.asarray([float(v) for v in group(item, "PlaneOrientationSequence").ImageOrientationPatient])
+        spacing = np.asarray([float(v) for v in group(item, "PixelMeasuresSequence").PixelSpacing])
+        out.append((number, ipp, iop, spacing))
+    return out
+
+
+def _paint_frames(ds: Any, masks: np.ndarray, values: Dict[int, int], grid) -> Optional[Tuple[np.ndarray, int]]:
+    """Place each frame's foreground pixels on the image grid from the frame's own position; ``None`` when a frame
+    does not lie on the grid (then the caller resamples). Returns ``(label [i, j, k], pixels outside the image)``."""
+    size, origin, spacing, direction = grid
+    to_index = np.linalg.inv(direction @ np.diag(spacing))  # LPS mm -> voxel index
+    out = np.zeros(size, dtype=np.uint8)
+    outside = 0
+    for mask, (number, ipp, iop, pixel_spacing) in zip(masks, _frame_items(ds)):
+        if number not in values:
+            raise ValueError(f"a frame references segment {number}, which the SEG does not declare")
+        rows, cols = np.nonzero(mask)
+        if rows.size == 0:
+            continue
+        # DICOM: the first IOP vector is the direction of increasing column index, PixelSpacing is (rows, columns)
+        base = to_index @ (ipp - origin)
+        step_col = to_index @ (iop[:3] * pixel_spacing[1])
+        step_row = to_index @ (iop[3:] * pixel_spacing[0])
+        for v in (base, step_col, step_row):
+            if np.max(np.abs(v - np.rint(v))) > ON_GRID_TOLERANCE:
+                return None
+        ijk = np.rint(base)[None] + np.outer(cols, np.rint(step_col)) + np.outer(rows, np.rint(step_row))
+        ijk = ijk.astype(np.int64)
+        inside = np.all((ijk >= 0) & (ijk < np.asarray(size)), axis=1)
+        outside += int((~inside).sum())
+        idx = tuple(ijk[inside].T)
+        out[idx] = np.maximum(out[idx], values[number])
+    return out, outside
+
+
+def seg_to_label(seg_path: str, image_path: str, out_path: str) -> List[int]:
+    """Write the DICOM SEG ``seg_path`` as a label on the voxel grid of ``image_path`` (uint8 NIfTI ``out_path``,
+    the image's geometry); returns the label values present.
+
+    Segments become values by name (:func:`segment_values`; overlapping segments: the larger value wins). Frames on
+    the image grid (the usual case: a SEG made on the series it references) are placed voxel for voxel from their own
+    ``ImagePositionPatient``, so missing or empty slices and the SEG's declared slice spacing do not matter; a SEG on
+    another grid is resampled onto the image grid (nearest neighbour, world space).
+
+    Raises:
+        BadRequest: not a readable DICOM SEG, values outside 0, 1, 2, or no segment voxel inside the image.
+    """
+    import pydicom
+
+    what = f"the DICOM SEG {seg_path}"
+    try:
+        ds = pydicom.dcmread(str(seg_path))
+        if str(ds.get("Modality", "")) != "SEG":
+            raise ValueError(f"modality {ds.get('Modality')!r}, not SEG")
+        segments = {int(s.SegmentNumber): s for s in ds.SegmentSequence}
+        values = segment_values(segments)
+        _check_values(values.values(), what)
+        frames = np.asarray(ds.pixel_array).reshape(int(ds.get("NumberOfFrames", 1)), int(ds.Rows), int(ds.Columns))
+        if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
+            masks = frames >= 0.5 * float(ds.get("MaximumFractionalValue", 255))
+        else:
+            masks = frames > 0
+        grid = _grid(image_path)
+        painted = _paint_frames(ds, masks, values, grid)
+    except BadRequest:
+        raise
+    except Exception as e:  # pydicom and malformed SEGs raise many exception types
+        raise BadRequest(f"{what} could not be read ({type(e).__name__}: {e})") from e
+    if painted is None:
+        logger.warning("%s: frames not on the image grid of %s; resampling (nearest neighbour)", what, image_path)
+        label = _resample_seg(ds, values, grid)
+        outside = 0
+    else:
+        label, outside = painted
+    present = np.unique(label).astype(int).tolist()
+    if bool(masks.any()) and present == [0]:
+        raise BadRequest(f"{what} does not overlap its image {image_path} in world space")
+    if outside:
+        logger.warning("%s: %d segment pixels fall outside the image grid and are dropped", what, outside)
+    import SimpleITK as sitk
+
+    sitk.WriteImage(_image_on_grid(label, grid), str(out_path), True)
+    return present
+
+
+def _resample_seg(ds: Any, values: Dict[int, int], grid) -> np.ndarray:
+    """A SEG that is not on the image grid: pydicom-seg's volume (declared spacing), resampled onto ``grid``."""
+    import pydicom_seg
+    import SimpleITK as sitk
+
+    result = pydicom_seg.SegmentReader().read(ds)
+    label = np.zeros(result.size[::-1], dtype=np.uint8)
+    for number in result.available_segments:
+        mask = np.asarray(result.segment_data(number)) >= 0.5
+        label[mask] = np.maximum(label[mask], values[int(number)])
+    img = sitk.GetImageFromArray(label)
+    img.SetOrigin(result.origin)
+    img.SetSpacing(result.spacing)
+    img.SetDirection(result.direction.ravel())
+    return sitk.GetArrayFromImage(_resample_to_grid(img, grid)).transpose(2, 1, 0)
+
+
+def seg_label_info(values: Iterable[int], client_info: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """The ``label_info`` monailabel turns into DICOM SEG segments: one entry per non-zero value present, in value
+    order, named after the value (``liver``, ``tumor``).
+
+    monailabel names the ``i``-th value present after the ``i``-th ``label_info`` entry, so a label holding only a
+    tumor would be stored as a segment named "liver"; the client's entries (colour, description) are kept by name.
+    """
+    names = {v: n for n, v in SEGMENT_VALUES.items()}
+    by_name = {
+        str(i.get("name", "")).strip().lower(): i for i in (client_info or []) if isinstance(i, dict) and i.get("name")
+    }
+    model_name = next((i["model_name"] for i in client_info or [] if isinstance(i, dict) and i.get("model_name")), None)
+    out = []
+    for v in sorted(int(v) for v in set(values) - {0}):
+        entry = dict(by_name.get(names[v], {}))
+        entry["name"] = names[v]
+        if isinstance(entry.get("segmentAttribute"), dict):
+            entry["segmentAttribute"] = {**entry["segmentAttribute"], "labelID": v, "SegmentLabel": names[v]}
+        out.append(entry)
+    if out and model_name:
+        out[0]["model_name"] = model_name
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# DICOMweb
+# -------------------------------------------------------------------------------------------------------------------
+
+
+class LiverDICOMwebDatastore(_CheckedIds, DICOMWebDatastore):
+    """monailabel's DICOMweb datastore (series in the store, ``final`` labels stored back as DICOM SEG, a local cache
+    under ``MONAI_LABEL_DICOMWEB_CACHE_PATH``) whose labels are on their image's grid and checked:
+
+    - a SEG read from the store (training's data list, Dice scoring, label downloads) is painted onto its image's
+      voxel grid (:func:`seg_to_label`) and cached as ``labels/final/<image series UID>.nii.gz`` with the image's
+      header; the cached file is reused while the store's SEG for the image is the same series;
+    - a saved label must have its image's shape and values 0, 1, 2 (as :class:`LiverDatastore`); it is stored on the
+      image grid (NIfTI), an empty ``final`` label is refused (nothing to store as a SEG), and its SEG segments are
+      named after the values present (``liver``, ``tumor``);
+    - ``get_label_by_image_id(image, "final")`` also finds labels that are in the store but not yet in the local
+      cache, so scoring sees them on a fresh server.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._remote_labels: Tuple[float, Dict[str, str]] = (0.0, {})
+
+    @classmethod
+    def from_settings(cls, url: str) -> LiverDICOMwebDatastore:
+        """The datastore for the DICOMweb base ``url``, configured like monailabel's (``MONAI_LABEL_DICOMWEB_*``,
+        ``MONAI_LABEL_{QIDO,WADO,STOW}_PREFIX``, basic auth or Google Cloud credentials)."""
+        from monailabel.config import settings
+        from monailabel.datastore.dicom import DICOMwebClientX
+
+        url = url.strip().rstrip("/")
+        if "googleapis.com" in url:
+            from dicomweb_client import DICOMwebClient
+            from dicomweb_client.ext.gcp.session_utils import create_session_from_gcp_credentials
+
+            client = DICOMwebClient(url=url, session=create_session_from_gcp_credentials())
+        else:
+            session = None
+            if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+                from dicomweb_client.session_utils import create_session_from_user_pass
+
+                session = create_session_from_user_pass(
+                    settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
+                )
+            client = DICOMwebClientX(
+                url=url,
+                session=session,
+                qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+            )
+        cache_path = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
+        return cls(
+            client=client,
+            search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+            cache_path=cache_path or None,
+            fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+            convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI,
+        )
+
+    def _has_image(self, image_id: str) -> bool:
+        return image_id in self._datastore.objects or image_id in self.list_images()
+
+    # -- labels read from the store ------------------------------------------------------------------------------
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        """The local label file. With ``image_id`` and the ``final`` tag, ``label_id`` is the store's SEG series for
+        that image (monailabel's call from ``datalist``): it is fetched and put on the image grid if the cache does
+        not hold it yet. Otherwise ``label_id`` is the image id, as for a local datastore."""
+        if not self._convert_to_nifti:  # labels stay DICOM folders: monailabel's behaviour
+            return super().get_label_uri(label_id, label_tag, image_id)
+        if label_tag != FINAL or not image_id:
+            return LocalDatastore.get_label_uri(self, label_id, label_tag)
+        check_id(label_id, "SEG series id")
+        check_id(image_id, "image id")
+        cached = LocalDatastore.get_label_uri(self, image_id, FINAL)
+        info = self.get_label_info(image_id, FINAL)
+        if cached.endswith(".nii.gz") and os.path.isfile(cached) and info.get("SeriesInstanceUID") == label_id:
+            return cached
+        image_uri = self.get_image_uri(image_id)
+        seg_dir = os.path.realpath(os.path.join(self._datastore.label_path(FINAL), label_id))
+        if not os.path.isdir(seg_dir) or not os.listdir(seg_dir):
+            from monailabel.datastore.utils.dicom import dicom_web_download_series
+
+            dicom_web_download_series(None, label_id, seg_dir, self._client, self._fetch_by_frame)
+        seg_files = sorted(f for f in os.listdir(seg_dir) if not f.startswith("."))
+        if len(seg_files) != 1:
+            raise BadRequest(f"SEG series {label_id} holds {len(seg_files)} instances; one DICOM SEG is expected")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "label.nii.gz")
+            values = seg_to_label(os.path.join(seg_dir, seg_files[0]), image_uri, out)
+            LocalDatastore.save_label(self, image_id, out, FINAL, self._dicom_info(label_id))
+        logger.info("SEG %s of image %s put on the image grid (values %s)", label_id, image_id, values)
+        return LocalDatastore.get_label_uri(self, image_id, FINAL)
+
+    def _store_labels(self) -> Dict[str, str]:
+        """``{image series: SEG series}`` of the store's SEGs referencing listed images (cached like the image list)."""
+        from monailabel.config import settings
+        from pydicom.dataset import Dataset
+
+        ts, mapping = self._remote_labels
+        if time.time() - ts < float(settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY):
+            return mapping
+        images = set(self.list_images())
+        mapping = {}
+        for found in self._client.search_for_series(search_filters={"Modality": "SEG"}):
+            seg = Dataset.from_json(found)
+            meta = Dataset.from_json(
+                self._client.retrieve_series_metadata(str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID))[0]
+            )
+            refs = meta.get("ReferencedSeriesSequence")
+            if refs and str(refs[0].SeriesInstanceUID) in images:
+                mapping[str(refs[0].SeriesInstanceUID)] = str(seg.SeriesInstanceUID)
+        self._remote_labels = (time.time(), mapping)
+        return mapping
+
+    def get_label_by_image_id(self, image_id: str, tag: str) -> str:
+        label_id = super().get_label_by_image_id(image_id, tag)
+        if label_id or tag != FINAL or not self._convert_to_nifti:
+            return label_id
+        seg_id = self._store_labels().get(image_id)
+        if not seg_id:
+            return ""
+        self.get_label_uri(seg_id, FINAL, image_id)
+        return image_id
+
+    # -- labels saved by clients ---------------------------------------------------------------------------------
+    def save_label(
+        self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any], label_id: str = ""
+    ) -> str:
+        check_id(image_id, "image id")
         check_id(label_tag, "label tag")
-        if not self.get_label_uri(label_id, label_tag):
-            raise NotFound(f"no label {label_id!r} with tag {label_tag!r}")
-        super().remove_label(label_id, label_tag)
+        if not self._has_image(image_id):
+            raise NotFound(f"image {image_id!r} is not in the DICOMweb store")
+        image_uri = self.get_image_uri(image_id)
+        label_info = dict(label_info or {})
+        with tempfile.TemporaryDirectory() as tmp:
+            source = label_filename
+            if "".join(pathlib.Path(label_filename).suffixes) == ".bin":  # raw voxels in the image's order (OHIF)
+                from monailabel.datastore.utils.convert import binary_to_image
 
-    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
-        check_id(image_id, "image id")
-        if not self.get_image_uri(image_id):
-            raise NotFound(f"image {image_id!r} is not in the datastore")
-        super().update_image_info(image_id, info)
+                source = binary_to_image(image_uri, label_filename)
+            try:
+                check_label_file(source, image_uri, LABEL_VALUES)
+                on_grid = os.path.join(tmp, "label.nii.gz")
+                values = label_to_image_grid(source, image_uri, on_grid)
+            finally:
+                if source != label_filename and os.path.exists(source):
+                    os.unlink(source)
+            if label_tag == FINAL:
+                if not set(values) - {0}:
+                    raise BadRequest("the final label is empty (background only): there is nothing to store as SEG")
+                label_info["label_info"] = seg_label_info(values, label_info.get("label_info"))
+            return super().save_label(image_id, on_grid, label_tag, label_info)

@@ -27,9 +27,10 @@ def default_device() -> str:
 class LiverSegInferTask(BundleInferTask):
     """:class:`BundleInferTask` on a runtime copy of the ``liver_ct_seg`` bundle (one network variant).
 
-    - The bundle's postprocessing (softmax, ``Invertd`` back to the source geometry, argmax, largest component)
-      runs as it is; its ``SaveImaged`` is dropped (monailabel writes the result). ``Restored`` (added by
-      monailabel) then only sets the output affine to the input's ``original_affine``: after ``Invertd`` the
+    - The bundle's postprocessing (softmax, ``InvertArgmaxd``: MONAI's inversion back to the source geometry fused
+      with the argmax, largest component) runs as it is; its ``SaveImaged`` is dropped (monailabel writes the
+      result). ``Restored`` (added by monailabel) then only sets the output affine to the input's
+      ``original_affine``: after the inversion the
       prediction already has the input's shape and voxel order, so nothing is flipped or resampled twice.
     - monai 1.6.1's ``Spacingd`` calls ``.update()`` on every data key starting with ``image_``; monailabel adds
       the string ``image_path``. String-valued ``image_*`` / ``label_*`` keys are therefore set aside before the

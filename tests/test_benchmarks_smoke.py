@@ -1,0 +1,132 @@
+"""Smoke tests of the benchmark scripts (benchmarks/server_overhead.py, benchmarks/training_throughput.py): their
+core functions run end to end at a tiny size and return positive figures; bad arguments raise. Timings are not
+checked (the scripts measure them; a test cannot judge them on a shared machine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BUNDLE, REPO
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+server_overhead = _load("server_overhead")
+training_throughput = _load("training_throughput")
+
+# a 16x smaller network, coarse grid and small patches for training; for inference the shipped weights with a small
+# sliding window (the network is unchanged, so the weights still load)
+SMALL_TRAIN = {"channels": [4, 8, 16, 32, 64], "pixdim": [5.0, 5.0, 5.0], "roi_size": [32, 32, 16]}
+SMALL_ROI = [32, 32, 16]
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def small_roi_bundle(tmp_path_factory) -> Path:
+    """The repository bundle (shipped weights) with a 32 x 32 x 16 sliding window in inference.json."""
+    dest = tmp_path_factory.mktemp("bundle") / "liver_ct_seg"
+    shutil.copytree(BUNDLE, dest, ignore=shutil.ignore_patterns("__pycache__", "eval", "docs", "runs"))
+    cfg_file = dest / "configs" / "inference.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["roi_size"] = SMALL_ROI
+    cfg_file.write_text(json.dumps(cfg, indent=2))
+    return dest
+
+
+@pytest.mark.slow
+def test_server_overhead_smoke(tmp_path, small_roi_bundle):
+    r = server_overhead.measure(
+        shape=(48, 48, 24), spacing=(2.0, 2.0, 2.5), repeats=1, threads=2, workdir=tmp_path, bundle=small_roi_bundle
+    )
+    for key in ("direct_s", "app_task_s", "server_s", "server_startup_s", "response_mb", "make_ct_s"):
+        assert _positive(r[key]), (key, r[key])
+    for path in ("direct", "app_task", "server"):
+        assert _positive(r["peak_rss_gb"][path]), path
+        assert _positive(r["warmup_s"][path]), path
+        assert len(r["runs"][path]) == 1
+    assert _positive(r["server_stages"]["total"]) and _positive(r["server_stages"]["infer"])
+    assert all(_positive(r["direct_stages"][k]) for k in ("load_pre", "net", "post_save"))
+    assert r["overhead"] == pytest.approx((r["server_s"] - r["direct_s"]) / r["direct_s"])
+    assert r["overhead"] == pytest.approx(r["http_part"] + r["task_part"] + r["network_part"])
+    assert r["http_part"] > 0
+    # the three paths give the same mask
+    assert r["agreement"]["server_vs_direct"] > 0.999
+    assert r["agreement"]["app_task_vs_direct"] > 0.999
+    assert r["app_task_stages"]["total"] > 0
+    md = server_overhead.markdown(r, "python benchmarks/server_overhead.py --shape 48 48 24", "1.00", "1.00")
+    assert md.startswith("## REST overhead") and "Machine:" in md and "Command:" in md and "| server:" in md
+    assert len(server_overhead.report_lines(r)) >= 5 and "| per transform" in md
+    assert _positive(r["transforms"]["direct"]["post: SaveImaged"])
+    assert _positive(r["transforms"]["app_task"]["write: volumetry"])
+    assert _positive(r["volumetry_profile"]["total"]) and r["volumetry_profile"]["voxels"] == 48 * 48 * 24
+    assert "volumetry" in server_overhead.diagnosis(r)
+    # the server runs the bundle's own postprocessing (its SaveImaged replaced by monailabel's writer)
+    bundle_post = set(r["transforms"]["direct"]) - {"post: SaveImaged"}
+    assert bundle_post and bundle_post <= set(r["transforms"]["server"])
+    assert bundle_post <= set(r["transforms"]["app_task"])
+
+
+@pytest.mark.slow
+def test_training_throughput_smoke(tmp_path):
+    m = training_throughput.measure(
+        num_cases=4, shape=(48, 48, 24), spacing=(5.0, 5.0, 5.0), epochs=2, settings=[(1.0, 0), (0.0, 0)],
+        threads=2, num_folds=4, workdir=tmp_path, overrides=SMALL_TRAIN,
+    )
+    assert m["input_shape"] == (48, 48, 24)
+    assert [(s["cache_rate"], s["num_workers"]) for s in m["settings"]] == [(1.0, 0), (0.0, 0)]
+    for s in m["settings"]:
+        # 3 training cases, batch 2 x 2 crops: 2 iterations (4 + 2 patches) in the timed epoch
+        assert s["train_cases"] == 3 and s["iterations"] == 2 and s["patches_per_it"] == pytest.approx(3.0)
+        for key in ("first_epoch_s", "epoch_s", "it_per_s", "patches_per_s", "data_s_per_it", "step_s_per_it",
+                    "peak_rss_gb"):
+            assert _positive(s[key]), (key, s[key])
+        assert s["data_frac"] + s["step_frac"] + s["other_frac"] == pytest.approx(1.0, abs=1e-6)
+        assert s["patches_per_s"] == pytest.approx(3.0 * s["it_per_s"])
+    cached, plain = m["settings"]
+    assert _positive(cached["cache_fill_s"]) and len(cached["cached_shape"]) == 3
+    assert plain["cached_shape"] == []
+    assert _positive(m["speedup"][0]) and _positive(m["speedup_same_step"][0])
+    md = training_throughput.markdown(m, "python benchmarks/training_throughput.py --cases 4", "1.00", "1.00")
+    assert md.startswith("## Training throughput") and "Machine:" in md and md.count("\n| 1 | 0 |") == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"repeats": 0},
+        {"warmup": 0},
+        {"shape": (48, 48)},
+        {"shape": (4, 48, 24)},
+    ],
+)
+def test_server_overhead_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        server_overhead.measure(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_cases": 1},
+        {"epochs": 0},
+        {"settings": [(1.5, 0)]},
+        {"settings": [(1.0, -1)]},
+    ],
+)
+def test_training_throughput_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        training_throughput.measure(**kwargs)
