@@ -106,4 +106,6 @@ class LiverSegInferTask(BundleInferTask):
         if affine is None:
             raise ValueError("no affine for the prediction")
         affine = affine.detach().cpu().numpy() if isinstance(affine, torch.Tensor) else np.asarray(affine)
-        return volumetry(np.rint(arr).astype(np.int16), affine)
+        if arr.dtype.kind not in "iub":  # a float prediction: whole numbers expected; integer masks go as they are
+            arr = np.rint(arr).astype(np.int16)
+        return volumetry(arr, affine)
