@@ -39,6 +39,7 @@ import numpy as np
 
 from liverseg import LABELS
 from liverseg.errors import InputError, LiverSegError
+from liverseg.evaluation import _versions as evaluation_versions
 
 logger = logging.getLogger(__name__)
 
@@ -456,18 +457,6 @@ def plot_pictures(out: Path, rows: list[dict[str, Any]], dataset: Path, cases: S
 
 
 # ---------------------------------------------------------------------------------------------------------- driver
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "monai", "pytorch-ignite", "nibabel", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def run_comparison(config: str | Path = DEFAULT_CONFIG, *, out: str | Path, dataset: str | Path | None = None,
                    arms: Sequence[str] | None = None, max_epochs: int | None = None, device: str | None = None,
                    command: str | None = None) -> list[dict[str, Any]]:
@@ -501,7 +490,7 @@ def run_comparison(config: str | Path = DEFAULT_CONFIG, *, out: str | Path, data
         "budget": cfg["budget"], "command": command or "liverseg compare",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         + ("GPU " + device if device and device.startswith("cuda") else "device: cuda if available else cpu"),
-        "date": datetime.date.today().isoformat(), "versions": _versions(),
+        "date": datetime.date.today().isoformat(), "versions": evaluation_versions(),
     }
     (out / "provenance.json").write_text(json.dumps({**info, "config_content": cfg}, indent=2))
     results = []
