@@ -42,6 +42,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import code_version, load_average, without_note  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "liver_ct_seg"
 APP = REPO / "apps" / "liver"
@@ -435,29 +438,6 @@ def measure(
     }
 
 
-def _code_version() -> str:
-    """``git`` commit of the repository and whether ``bundles/`` or ``apps/`` differ from it (read-only git calls)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "bundles", "apps", "liverseg"], cwd=REPO, capture_output=True,
-            text=True,
-        )
-    except OSError:
-        return "unknown (no git)"
-    if head.returncode != 0:
-        return "unknown (not a git checkout)"
-    changes = " + uncommitted changes in bundles/, apps/ or liverseg/" if dirty.stdout.strip() else ""
-    return head.stdout.strip() + changes
-
-
-def _load_average() -> str:
-    try:
-        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def report_lines(r: dict[str, Any]) -> list[str]:
     """The figures as printable lines."""
     ss, ds = r["server_stages"], r["direct_stages"]
@@ -542,7 +522,7 @@ def markdown(r: dict[str, Any], command: str, load_start: str, load_end: str, no
         "## REST overhead of the MONAI Label server", "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads {r['threads']}, no GPU; "
         f"{datetime.date.today().isoformat()}. Load average (1, 5, 15 min) at start {load_start}, at end {load_end}.",
-        f"Command: `{command}`. Code: {_code_version()}.", "",
+        f"Command: `{command}`. Code: {code_version()}.", "",
         f"Input: synthetic CT {r['shape'][0]} x {r['shape'][1]} x {r['shape'][2]} (liverseg.phantom, seed 0, LPS), "
         "shipped weights of `bundles/liver_ct_seg`, default `inference.json`.", "",
         "| path | median (s) | timed calls (s) | warm-up (s) | peak RSS (GB) |",
@@ -611,19 +591,6 @@ def markdown(r: dict[str, Any], command: str, load_start: str, load_end: str, no
     return "\n".join(lines) + "\n"
 
 
-def _without_note(argv: Sequence[str]) -> list[str]:
-    """The arguments without ``--note TEXT`` (the note is printed under the table, not in the command)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--note":
-            skip = True
-        elif not a.startswith("--note="):
-            out.append(a)
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", type=int, nargs=3, default=(512, 512, 200), help="CT size (default 512 512 200)")
@@ -635,10 +602,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write every figure (raw runs included) as JSON here")
     p.add_argument("--note", default="", help="a line added to the markdown (e.g. what else ran on the machine)")
     args = p.parse_args(argv)
-    load_start = _load_average()
+    load_start = load_average()
     print(f"load average at start: {load_start} ({os.cpu_count()} cores)", flush=True)
     r = measure(args.shape, args.repeats, args.threads, args.spacing, warmup=args.warmup)
-    load_end = _load_average()
+    load_end = load_average()
     for line in report_lines(r):
         print(line)
     print(f"load average at end: {load_end}")
@@ -646,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(r, indent=1, default=str))
     if args.out:
-        given = _without_note(sys.argv[1:] if argv is None else argv)
+        given = without_note(sys.argv[1:] if argv is None else argv)
         command = shlex.join(["python", "benchmarks/server_overhead.py", *given])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(markdown(r, command, load_start, load_end, args.note))

@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import code_version, load_average, without_note  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "liver_ct_seg"
 FOV_MM = (400.0, 400.0, 240.0)
@@ -232,29 +235,6 @@ def measure(
     }
 
 
-def _code_version() -> str:
-    """``git`` commit of the repository and whether ``bundles/`` or ``apps/`` differ from it (read-only git calls)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "bundles", "apps", "liverseg"], cwd=REPO, capture_output=True,
-            text=True,
-        )
-    except OSError:
-        return "unknown (no git)"
-    if head.returncode != 0:
-        return "unknown (not a git checkout)"
-    changes = " + uncommitted changes in bundles/, apps/ or liverseg/" if dirty.stdout.strip() else ""
-    return head.stdout.strip() + changes
-
-
-def _load_average() -> str:
-    try:
-        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def _row(r: dict[str, Any]) -> str:
     return (
         f"| {r['cache_rate']:g} | {r['num_workers']} | {r['cache_fill_s']:.1f} | {r['first_epoch_s']:.1f} | "
@@ -296,7 +276,7 @@ def markdown(m: dict[str, Any], command: str, load_start: str, load_end: str, no
         "## Training throughput with and without caching", "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads {m['threads']}, no GPU; "
         f"{datetime.date.today().isoformat()}. Load average (1, 5, 15 min) at start {load_start}, at end {load_end}.",
-        f"Command: `{command}`. Code: {_code_version()}.", "",
+        f"Command: `{command}`. Code: {code_version()}.", "",
         f"Data: {m['num_cases']} phantoms (liverseg.phantom, seeds 1-{m['num_cases']}) of {m['input_shape'][0]} x "
         f"{m['input_shape'][1]} x {m['input_shape'][2]} voxels ({m['input_spacing'][0]} x {m['input_spacing'][1]} x "
         f"{m['input_spacing'][2]} mm for the first), nnU-Net layout; {s0['train_cases']} train (num_folds "
@@ -333,19 +313,6 @@ def markdown(m: dict[str, Any], command: str, load_start: str, load_end: str, no
     return "\n".join(lines) + "\n"
 
 
-def _without_note(argv: Sequence[str]) -> list[str]:
-    """The arguments without ``--note TEXT`` (the note is printed under the table, not in the command)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--note":
-            skip = True
-        elif not a.startswith("--note="):
-            out.append(a)
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=6, help="number of phantoms (default 6; one is held out)")
@@ -359,10 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--note", default="", help="a line added to the markdown (e.g. what else ran on the machine)")
     args = p.parse_args(argv)
     settings = [(c, w) for w in args.workers for c in (1.0, 0.0)]
-    load_start = _load_average()
+    load_start = load_average()
     print(f"load average at start: {load_start} ({os.cpu_count()} cores)", flush=True)
     m = measure(args.cases, args.shape, args.spacing, args.epochs, settings, args.threads)
-    load_end = _load_average()
+    load_end = load_average()
     for line in report_lines(m):
         print(line)
     print(f"load average at end: {load_end}")
@@ -370,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(m, indent=1, default=str))
     if args.out:
-        given = _without_note(sys.argv[1:] if argv is None else argv)
+        given = without_note(sys.argv[1:] if argv is None else argv)
         command = shlex.join(["python", "benchmarks/training_throughput.py", *given])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(markdown(m, command, load_start, load_end, args.note))

@@ -1,0 +1,46 @@
+"""Shared by the benchmark scripts: what a report states about the code and the machine, and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def code_version() -> str:
+    """``git`` commit of the repository and whether ``bundles/`` or ``apps/`` differ from it (read-only git calls)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "bundles", "apps", "liverseg"], cwd=REPO, capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return "unknown (no git)"
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    changes = " + uncommitted changes in bundles/, apps/ or liverseg/" if dirty.stdout.strip() else ""
+    return head.stdout.strip() + changes
+
+
+def load_average() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def without_note(argv: Sequence[str]) -> list[str]:
+    """The arguments without ``--note TEXT`` (the note is printed under the table, not in the command)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
