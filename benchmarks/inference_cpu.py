@@ -103,7 +103,9 @@ total = time.perf_counter() - t0
 net = wf.parser.get_parsed_content("network").eval()
 roi = wf.parser["roi_size"]
 x = torch.zeros(1, 1, *roi)
-with torch.no_grad(), FlopCounterMode(display=False) as fc:
+# counted with autograd on: the networks' CPU fast path (oneDNN called directly, scripts/networks/channels_last.py)
+# runs only without autograd, and FlopCounterMode counts aten.convolution, not the oneDNN op; same arithmetic
+with torch.enable_grad(), FlopCounterMode(display=False) as fc:
     net(x)
 flops_per_window = fc.get_total_flops()
 from monai.data.utils import dense_patch_slices

@@ -13,6 +13,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv
 
 from .blocks import ConvLSTMCell, DecoderLevel, interp_mode
+from .channels_last import use_channels_last_cpu_inference
 
 __all__ = ["LiverSegNet", "UNet", "AttentionUNet", "AttentionUNetDS", "DALUNet", "set_mc_dropout"]
 
@@ -69,6 +70,10 @@ class LiverSegNet(nn.Module):
     MC dropout: ``dropout > 0`` puts dropout between the two convolutions of each decoder level. It follows the
     usual train/eval switch; to keep it on at inference call ``set_mc_dropout(net, True)`` (or
     ``net.set_mc_dropout(True)``) after ``net.eval()``. This works on TorchScript-scripted models too.
+
+    CPU inference (3D): the convolutions and instance norms are :mod:`scripts.networks.channels_last` modules,
+    which run oneDNN on channels-last activations when autograd is off (about 1.5 x faster on 2 cores, same
+    parameters and state dict; training and GPUs are unaffected).
 
     References:
         - Ronneberger et al. (2015), "U-Net: Convolutional Networks for Biomedical Image Segmentation",
@@ -204,6 +209,8 @@ class LiverSegNet(nn.Module):
         # ds_heads[k] reads the decoder level at resolution level k + 1 (channels[k + 1]).
         self.ds_heads = nn.ModuleList([self._get_head(self.channels[k + 1], out_channels) for k in range(n_heads - 1)])
         self.apply(self._init_weights)
+        if self.spatial_dims == 3:
+            use_channels_last_cpu_inference(self)
 
     # --- hooks for subclasses -------------------------------------------------------------------------------
     def _get_encoder_level(

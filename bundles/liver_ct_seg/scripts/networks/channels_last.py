@@ -1,0 +1,156 @@
+# Copyright (c) the liverseg contributors. Licensed under the MIT License (see LICENSE).
+"""Fast 3D inference on the CPU: oneDNN convolutions and instance norm on channels-last activations.
+
+With stock modules, a batch-1 ``Conv3d`` on the CPU runs PyTorch's slow reference kernel (``slow_conv3d``)
+whenever ``N * C * D * H`` is small (the first convolution, every level below the second), and oneDNN reorders
+each channels-first activation to its blocked layout and back. The modules below keep activations channels-last
+(``torch.channels_last_3d``) from the first convolution to the last and call oneDNN directly
+(``torch.mkldnn_convolution``); a conv-norm-act block normalizes its own convolution output in place (instance
+norm in two passes, mean then the variance of the centred values, so no precision is lost to
+``E[x^2] - E[x]^2``) and applies its leaky ReLU in place.
+
+They are drop-in subclasses of ``nn.Conv3d`` and MONAI's ``Convolution``: same parameters, same state dict, same
+results up to float rounding (a different summation order). They take the fast path only for float32 CPU tensors
+with autograd off (inference, validation); training, GPUs and AMP run the parents' code. TorchScript-scriptable.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+
+__all__ = [
+    "ChannelsLastConv3d",
+    "ChannelsLastConvTranspose3d",
+    "ChannelsLastConvolution",
+    "instance_norm_channels_last_",
+    "use_channels_last_cpu_inference",
+]
+
+
+def _cpu_inference(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+
+
+class ChannelsLastConv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs oneDNN on channels-last tensors for CPU inference (see the module docstring)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if _cpu_inference(input) and self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            x = input.contiguous(memory_format=torch.channels_last_3d)
+            w = self.weight.contiguous(memory_format=torch.channels_last_3d)
+            y = torch.mkldnn_convolution(x, w, self.bias, self.padding, self.stride, self.dilation, self.groups)
+            # oneDNN answers channels-first when the input layout is ambiguous (1 channel): keep channels-last
+            return y.contiguous(memory_format=torch.channels_last_3d)
+        return self._conv_forward(input, self.weight, self.bias)
+
+
+class ChannelsLastConvTranspose3d(nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` whose CPU inference, when the kernel equals the stride (no overlap, no padding),
+    is one matrix product of the channels-last input with the kernel followed by a depth-to-space copy, giving a
+    channels-last output (PyTorch's own kernel is a slow reference one here and answers channels-first)."""
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (
+            _cpu_inference(input)
+            and output_size is None
+            and input.dim() == 5
+            and self.groups == 1
+            and self.kernel_size == self.stride
+            and self.padding == (0, 0, 0)
+            and self.output_padding == (0, 0, 0)
+            and self.dilation == (1, 1, 1)
+        ):
+            n, c_in, d, h, w = input.shape
+            kd, kh, kw = self.kernel_size
+            c_out = self.weight.shape[1]
+            rows = input.contiguous(memory_format=torch.channels_last_3d).permute(0, 2, 3, 4, 1).reshape(-1, c_in)
+            # columns ordered (kd, kh, kw, c_out): the depth-to-space copy then moves rows of kw * c_out values
+            kernel = self.weight.permute(0, 2, 3, 4, 1).reshape(c_in, kd * kh * kw * c_out)
+            bias = self.bias
+            if bias is None:
+                y = torch.mm(rows, kernel)
+            else:
+                y = torch.addmm(bias.repeat(kd * kh * kw), rows, kernel)
+            y = y.view(n, d, h, w, kd, kh, kw, c_out).permute(0, 1, 4, 2, 5, 3, 6, 7)
+            y = y.reshape(n, d * kd, h * kh, w * kw, c_out)
+            return y.permute(0, 4, 1, 2, 3)
+        if self.padding_mode != "zeros":
+            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose3d")
+        return F.conv_transpose3d(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size, 3, self.dilation),
+            self.groups,
+            self.dilation,
+        )
+
+
+def instance_norm_channels_last_(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Instance norm (no affine) of a channels-last 5D tensor, in place; returns ``x``.
+
+    Viewed as ``[N, voxels, C]``: the per-channel mean by a sum, the centred values in place, their variance as
+    the diagonal of their Gram matrix (one matrix product, no squared copy), the scaling in place. When ``C`` is
+    below 16, the element-wise passes run on rows of 16 values (``16 // C`` voxels per row, one AVX-512 register).
+    """
+    n, c = x.shape[0], x.shape[1]
+    rows = x.permute(0, 2, 3, 4, 1).view(n, -1, c)
+    m = rows.shape[1]
+    k = 16 // c if c < 16 and m % (16 // c) == 0 else 1
+    wide = rows.view(n, m // k, c * k)
+    wide.sub_((rows.sum(1, keepdim=True) / m).repeat(1, 1, k))
+    var = torch.bmm(rows.transpose(1, 2), rows).diagonal(dim1=1, dim2=2).unsqueeze(1) / m
+    wide.mul_(torch.rsqrt(var + eps).repeat(1, 1, k))
+    return x
+
+
+class ChannelsLastConvolution(Convolution):
+    """MONAI ``Convolution`` (conv, instance norm, leaky ReLU) whose CPU inference normalizes and activates its
+    convolution output in place, channels-last. Built only by :func:`use_channels_last_cpu_inference`, for blocks
+    whose ``adn`` is exactly ``N`` (``InstanceNorm3d`` without affine or running stats) then ``A`` (``LeakyReLU``).
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        y = self.conv(input)
+        if _cpu_inference(y) and y.is_contiguous(memory_format=torch.channels_last_3d):
+            instance_norm_channels_last_(y, self.adn.N.eps)
+            return F.leaky_relu_(y, self.adn.A.negative_slope)
+        return self.adn(y)
+
+
+def _is_norm_act(block: nn.Module) -> bool:
+    adn = getattr(block, "adn", None)
+    if adn is None or [name for name, _ in adn.named_children()] != ["N", "A"]:
+        return False
+    norm, act = adn.N, adn.A
+    return (
+        type(norm) is nn.InstanceNorm3d
+        and not norm.affine
+        and not norm.track_running_stats
+        and type(act) is nn.LeakyReLU
+    )
+
+
+def use_channels_last_cpu_inference(module: nn.Module) -> nn.Module:
+    """Switch, in place, every plain ``nn.Conv3d`` / ``nn.ConvTranspose3d`` inside ``module`` to
+    :class:`ChannelsLastConv3d` / :class:`ChannelsLastConvTranspose3d` and every MONAI
+    ``Convolution`` that is conv + instance norm + leaky ReLU to :class:`ChannelsLastConvolution`.
+
+    The modules keep their parameters and buffers (the classes add no state), so state dicts load as before.
+    Does nothing where PyTorch has no oneDNN. Returns ``module``.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return module
+    for m in module.modules():
+        if type(m) is nn.Conv3d:
+            m.__class__ = ChannelsLastConv3d
+        elif type(m) is nn.ConvTranspose3d:
+            m.__class__ = ChannelsLastConvTranspose3d
+        elif type(m) is Convolution and _is_norm_act(m):
+            m.__class__ = ChannelsLastConvolution
+    return module

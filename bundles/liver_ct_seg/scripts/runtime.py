@@ -1,0 +1,46 @@
+# Copyright (c) the liverseg contributors. Licensed under the MIT License (see LICENSE).
+"""Process settings for fast CPU work: glibc's allocator.
+
+glibc serves every allocation above its mmap threshold (at most 32 MB) with fresh pages from the kernel and hands
+them back on free, so each new full-resolution activation of a 3D network (19-38 MB for a 96 x 96 x 64 window with
+8-16 channels) pays its page faults again. PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for this;
+:func:`keep_freed_memory` gets the same effect from glibc itself: large blocks come from the heap and freed memory
+stays in the process for the next one. Measured on 2 cores (AU-Net+DS, one 96 x 96 x 64 window): 350 -> 255 ms.
+The cost: the process keeps its peak memory until it exits (peak resident memory itself does not grow).
+Equivalent environment settings, for a process started by hand: ``MALLOC_MMAP_MAX_=0`` and
+``MALLOC_TRIM_THRESHOLD_=2147483647``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+# mallopt parameters, from glibc's malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: the largest value, about 2 GB
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to serve large blocks from its heap and keep freed memory (see the module docstring).
+
+    Returns True when applied, False where the C library is not glibc (macOS, Windows, musl): nothing changes there.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    if not ok:
+        logger.warning("mallopt refused the allocator settings; large allocations keep glibc's defaults")
+    return ok

@@ -1,0 +1,143 @@
+# Copyright (c) the liverseg contributors. Licensed under the MIT License (see LICENSE).
+"""The CPU inference path of the 3D networks (scripts.networks.channels_last): same results as the stock modules,
+taken only without autograd on float32 CPU tensors, TorchScript-able, state dicts unchanged."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+
+from tests.bundles.test_networks import VARIANTS, image, make  # also puts the bundle on sys.path
+
+# isort: split
+from scripts.networks.channels_last import (
+    ChannelsLastConv3d,
+    ChannelsLastConvolution,
+    ChannelsLastConvTranspose3d,
+    instance_norm_channels_last_,
+    use_channels_last_cpu_inference,
+)
+
+CL = torch.channels_last_3d
+FAST = (ChannelsLastConv3d, ChannelsLastConvolution, ChannelsLastConvTranspose3d)
+STOCK = {
+    ChannelsLastConv3d: nn.Conv3d,
+    ChannelsLastConvolution: Convolution,
+    ChannelsLastConvTranspose3d: nn.ConvTranspose3d,
+}
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+
+
+def stock_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` with the stock module classes back (the reference the fast path must match)."""
+    ref = copy.deepcopy(net)
+    for m in ref.modules():
+        if type(m) in STOCK:
+            m.__class__ = STOCK[type(m)]
+    return ref
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v[0].__name__ for v in VARIANTS])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fast_path_matches_stock_modules(variant, batch):
+    net = make(variant[0], 3).eval()
+    assert {type(m) for m in net.modules()} >= set(FAST)
+    ref = stock_copy(net)
+    assert not any(type(m) in FAST for m in ref.modules())
+    x = image(3, batch=batch, size=(32, 24, 16))
+    with torch.no_grad():
+        got, expected = net(x), ref(x)
+    assert got.is_contiguous(memory_format=CL)  # it took the channels-last path to the end
+    assert not expected.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_autograd_and_2d_take_the_stock_path():
+    net = make(VARIANTS[2][0], 3).eval()
+    x = image(3, batch=1)
+    y = net(x)  # autograd on: the parents' code, channels-first, differentiable
+    assert y.requires_grad and not y.is_contiguous(memory_format=CL)
+    y.sum().backward()
+    first = next(m for m in net.modules() if isinstance(m, nn.Conv3d))
+    assert first.weight.grad is not None and first.weight.grad.abs().sum() > 0
+    assert not any(type(m) in FAST for m in make(VARIANTS[2][0], 2).modules())
+    with torch.no_grad():
+        assert not net.double()(x.double()).is_contiguous(memory_format=CL)  # float64: stock path
+
+
+def test_state_dict_unchanged():
+    net = make(VARIANTS[3][0], 3)
+    ref = stock_copy(net)
+    assert list(net.state_dict()) == list(ref.state_dict())
+    ref.load_state_dict(net.state_dict())  # and loads across
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v[0].__name__ for v in VARIANTS])
+def test_torchscript_takes_the_fast_path(variant):
+    net = make(variant[0], 3).eval()
+    scripted = torch.jit.script(net)
+    x = image(3, batch=1)
+    with torch.no_grad():
+        got = scripted(x)
+        assert got.is_contiguous(memory_format=CL)
+        torch.testing.assert_close(got, net(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 8, 16, 32])
+@pytest.mark.parametrize("scale, offset", [(3.0, 1.0), (0.01, 50.0)])  # the second: mean 5000 x the deviation
+def test_instance_norm_channels_last_is_as_accurate_as_torch(channels, scale, offset):
+    """Error against a float64 reference of the order of PyTorch's own float32 instance norm (at most 2 x; at a mean
+    5000 x the deviation its float32 sum of the mean is the limit): the variance of the centred values, not
+    E[x^2] - E[x]^2, which loses every digit for the offset data (error 8.9 instead of 4e-4)."""
+    torch.manual_seed(0)
+    x = (torch.randn(2, channels, 12, 10, 8) * scale + offset).contiguous(memory_format=CL)
+    expected = F.instance_norm(x.double())
+    torch_error = (F.instance_norm(x).double() - expected).abs().max().item()
+    got = instance_norm_channels_last_(x.clone(memory_format=CL), 1e-5)
+    assert got.is_contiguous(memory_format=CL)
+    assert (got.double() - expected).abs().max().item() <= 2 * torch_error + 1e-6
+
+
+@pytest.mark.parametrize("kernel", [(2, 2, 2), (2, 2, 1), (1, 2, 3)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_transposed_conv_as_matrix_product(kernel, bias):
+    torch.manual_seed(0)
+    up = nn.ConvTranspose3d(6, 4, kernel_size=kernel, stride=kernel, bias=bias)
+    fast = use_channels_last_cpu_inference(copy.deepcopy(up))
+    assert type(fast) is ChannelsLastConvTranspose3d
+    x = torch.randn(2, 6, 5, 4, 3)
+    with torch.no_grad():
+        got = fast(x)
+        torch.testing.assert_close(got, up(x), rtol=1e-5, atol=1e-5)
+    assert got.is_contiguous(memory_format=CL)
+
+
+def test_overlapping_transposed_conv_keeps_torch_kernel():
+    torch.manual_seed(0)
+    up = nn.ConvTranspose3d(4, 2, kernel_size=3, stride=2, padding=1, output_padding=1)
+    fast = use_channels_last_cpu_inference(copy.deepcopy(up))
+    x = torch.randn(1, 4, 5, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), up(x))
+        torch.testing.assert_close(fast(x, output_size=[9, 9, 9]), up(x, output_size=[9, 9, 9]))
+
+
+def test_only_conv_instance_norm_leaky_relu_blocks_are_fused():
+    blocks = [
+        Convolution(3, 2, 4, act=("leakyrelu", {"negative_slope": 0.1}), norm="instance"),  # fused
+        Convolution(3, 2, 4, act="relu", norm="instance"),  # another activation
+        Convolution(3, 2, 4, act="leakyrelu", norm=("instance", {"affine": True})),  # affine norm
+        Convolution(3, 2, 4, act="leakyrelu", norm="batch"),
+        Convolution(3, 2, 4, act="leakyrelu", norm="instance", dropout=0.1),  # N, D, A
+    ]
+    model = use_channels_last_cpu_inference(nn.Sequential(*blocks)).eval()
+    assert [type(b) is ChannelsLastConvolution for b in model] == [True, False, False, False, False]
+    x = torch.randn(1, 2, 6, 6, 6)
+    for block in model:
+        with torch.no_grad():
+            torch.testing.assert_close(block(x), stock_copy(block)(x), rtol=1e-5, atol=1e-5)

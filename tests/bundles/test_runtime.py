@@ -1,0 +1,47 @@
+# Copyright (c) the liverseg contributors. Licensed under the MIT License (see LICENSE).
+"""scripts.runtime.keep_freed_memory: repeated forward passes stop faulting in fresh pages for their activations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.bundles.test_networks import BUNDLE_ROOT
+
+# the default network on one training-size window (its 16-channel full-resolution activations are 38 MB, above
+# glibc's largest mmap threshold): page faults of the third forward pass
+CHILD = r"""
+import json, resource, sys
+sys.path.insert(0, {bundle!r})
+import torch
+torch.set_num_threads(1)
+from scripts.runtime import keep_freed_memory
+applied = keep_freed_memory() if {apply!r} else None
+from scripts.networks import AttentionUNetDS
+net = AttentionUNetDS(3, 1, 3, [8, 16, 32, 64, 128], [2, 2, 2, 2]).eval()
+x = torch.rand(1, 1, 96, 96, 64)
+with torch.no_grad():
+    net(x); net(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    net(x)
+print(json.dumps({{"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}}))
+"""
+
+
+def third_pass_faults(apply: bool) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD.format(bundle=str(BUNDLE_ROOT), apply=apply)],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_keep_freed_memory_spares_page_faults():
+    default, kept = third_pass_faults(False), third_pass_faults(True)
+    assert kept["applied"] is True
+    assert default["faults"] > 5_000  # tens of MB of 4 kB pages faulted in again on every pass
+    assert kept["faults"] < 500
