@@ -120,10 +120,14 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     files["text"] = tmp_path / "notes.txt"
     files["2d"] = write_nifti(tmp_path / "slice.nii.gz", np.zeros((32, 32), np.int16), np.eye(4))
     files["4d"] = write_nifti(tmp_path / "multi.nii.gz", np.zeros((16, 16, 8, 2), np.int16), np.eye(4))
+    noise = np.random.default_rng(0).integers(0, 99, (32, 32, 32)).astype(np.int16)  # does not compress away
+    data = write_nifti(tmp_path / "whole.nii.gz", noise, np.eye(4)).read_bytes()
+    (tmp_path / "truncated.nii.gz").write_bytes(data[: len(data) // 2])  # a valid header, half the data
+    files["truncated"] = tmp_path / "truncated.nii.gz"
     return files
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "text", "2d", "4d"])
+@pytest.mark.parametrize("kind", ["corrupt", "text", "2d", "4d", "truncated"])
 def test_bad_uploads_are_400(server, tmp_path, kind):
     f = _bad_files(tmp_path)[kind]
     with open(f, "rb") as fh:
