@@ -6,7 +6,7 @@ NIfTI stores voxels first-index-fastest (Fortran order); MONAI wants C order, so
 ``numpy.ascontiguousarray``, a transposition that runs at a fraction of memory speed. For a 512 x 512 x 200 CT that
 is 0.6 s + 0.5-0.7 s. :class:`FastNiftiReader` does the same work in slabs of axial slices: a second thread
 decompresses the next slab (with ISA-L's ``isal_zlib`` when the ``isal`` package is installed, 2.4 x faster than
-zlib, else with zlib) while the current one is transposed into place by PyTorch; 0.4 s in all for that CT. The
+zlib, else with zlib) while the current one is transposed into place by PyTorch; 0.25 s in all for that CT. The
 array is the one ``NibabelReader`` gives, value for value; anything else (scaled or 4D data, other byte orders,
 other formats) is read by ``NibabelReader`` itself.
 """
@@ -102,13 +102,18 @@ def read_nifti_c_order(
         finally:
             full.put(None)
 
+    # the slab [k, j, i] goes to out[i, j, k] in two copies, each with contiguous runs: [j, i, k], then [i, j, k]
+    # (twice as fast as one strided copy: 16 ms instead of 33 ms per 16 MB slab on 2 cores)
+    middle = torch.empty((ny, nx, per_slab), dtype=out.dtype)
     worker = threading.Thread(target=produce, name="nifti-inflate", daemon=True)
     worker.start()
     try:
         while (item := full.get()) is not None:
             z, n, buf = item
             slab = torch.from_numpy(buf[: n * slice_bytes].view(dtype).reshape(n, ny, nx))
-            out[:, :, z : z + n].copy_(slab.permute(2, 1, 0))
+            step = middle[:, :, :n]
+            step.copy_(slab.permute(1, 2, 0))
+            out[:, :, z : z + n].copy_(step.permute(1, 0, 2))
             free.put(buf)
     finally:
         worker.join()
