@@ -68,7 +68,8 @@ def list_cases(root: str | Path, split: str = "Tr") -> list[CasePaths]:
         except ValueError as e:  # a stray file with an unusable name: `liverseg verify` reports it
             logger.warning("skipping %s: %s", img, e)
             continue
-        out.append(CasePaths(case_id, paths.image, paths.label if paths.label and paths.label.exists() else None, split))
+        label = paths.label if paths.label and paths.label.exists() else None
+        out.append(CasePaths(case_id, paths.image, label, split))
     return out
 
 

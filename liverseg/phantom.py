@@ -676,7 +676,9 @@ def _plan(seed: int, shape, spacing, orientation, num_tumors) -> _Plan:
     if orientation is not None:
         _parse_orientation(orientation)
     if num_tumors is not None and (
-        isinstance(num_tumors, bool) or not isinstance(num_tumors, (int, np.integer)) or not 0 <= num_tumors <= MAX_TUMORS
+        isinstance(num_tumors, bool)
+        or not isinstance(num_tumors, (int, np.integer))
+        or not 0 <= num_tumors <= MAX_TUMORS
     ):
         raise ValueError(f"num_tumors must be an integer in 0..{MAX_TUMORS}, got {num_tumors!r}")
 
@@ -721,7 +723,9 @@ def _plan(seed: int, shape, spacing, orientation, num_tumors) -> _Plan:
         shape_w = [max(MIN_DIM, int(math.ceil(fov[w] / spacing_w[w] - 1e-6))) for w in range(3)]
     n_vox = int(np.prod(shape_w))
     if n_vox > MAX_VOXELS:
-        raise ValueError(f"phantom grid {tuple(shape_w)} has {n_vox} voxels, more than {MAX_VOXELS}: use a coarser spacing")
+        raise ValueError(
+            f"phantom grid {tuple(shape_w)} has {n_vox} voxels, more than {MAX_VOXELS}: use a coarser spacing"
+        )
     extent = np.array(shape_w) * np.array(spacing_w)
     lo = center - extent / 2
     return _Plan(int(seed), anatomy, tumors, hu, noise_sigma, noise_rng, orientation, axes, lo,
@@ -782,14 +786,16 @@ def _render(plan: _Plan) -> Phantom:
 
     # paraspinal muscles; psoas cones below the kidneys' upper poles
     for px, py, pa, pb in A.paraspinal:
-        f = lambda xs, ys, zs, px=px, py=py, pa=pa, pb=pb: (np.sqrt(((xs - px) / pa) ** 2 + ((ys - py) / pb) ** 2)  # noqa: E731
-                                                             - 1.0) * min(pa, pb) + 0 * zs
+        f = lambda xs, ys, zs, px=px, py=py, pa=pa, pb=pb: (  # noqa: E731
+            (np.sqrt(((xs - px) / pa) ** 2 + ((ys - py) / pb) ** 2) - 1.0) * min(pa, pb) + 0 * zs
+        )
         cv.paint((np.array([px - pa - 5, py - pb - 5, zlo]), np.array([px + pa + 5, py + pb + 5, zhi])), f,
                  hu["muscle"], T["muscle"], below_clip)
     for side in (1.0, -1.0):
         pxs, pys = A.xs + side * (A.vb_axes[0] + 12), A.y_vb + 2
-        f = lambda xs, ys, zs, pxs=pxs, pys=pys: np.sqrt((xs - pxs) ** 2 + ((ys - pys) * 1.2) ** 2) - np.clip(  # noqa: E731
-            (A.psoas_top - zs) * 0.35, 0, 24)
+        f = lambda xs, ys, zs, pxs=pxs, pys=pys: (  # noqa: E731
+            np.sqrt((xs - pxs) ** 2 + ((ys - pys) * 1.2) ** 2) - np.clip((A.psoas_top - zs) * 0.35, 0, 24)
+        )
         cv.paint((np.array([pxs - 30, pys - 30, zlo]), np.array([pxs + 30, pys + 30, A.psoas_top])), f,
                  hu["muscle"], T["muscle"])
 
@@ -848,7 +854,9 @@ def _render(plan: _Plan) -> Phantom:
         return np.maximum(vb(xs, ys, zs) + 0.5, np.abs(ph - A.disc_h / 2) - A.disc_h / 2)
 
     cv.paint(spine_box, disc, hu["disc"], T["disc"])
-    cv.paint(spine_box, lambda a, b, c: np.sqrt((a - sx) ** 2 + (b - A.y_canal) ** 2) - 9.0 + 0 * c, hu["csf"], T["csf"])
+    cv.paint(
+        spine_box, lambda a, b, c: np.sqrt((a - sx) ** 2 + (b - A.y_canal) ** 2) - 9.0 + 0 * c, hu["csf"], T["csf"]
+    )
 
     # great vessels
     ax_, ay_ = A.aorta_xy
@@ -1107,8 +1115,10 @@ def write_phantom_dataset(
             ircadb_written.append(str(patient))
             cases[case_id]["ircadb"] = str(patient)
         elapsed = time.perf_counter() - t0
-        logger.debug("%s (%s): %s liver %.0f mL, %d tumors, %.1f s", case_id, split, "x".join(map(str, ph.image.shape)),
-                    ph.info["liver_volume_ml"], len(ph.info["tumors"]), elapsed)
+        logger.debug(
+            "%s (%s): %s liver %.0f mL, %d tumors, %.1f s", case_id, split, "x".join(map(str, ph.image.shape)),
+            ph.info["liver_volume_ml"], len(ph.info["tumors"]), elapsed,
+        )
         if progress is not None:
             progress(case_id, split, ph, elapsed)
 

@@ -54,10 +54,6 @@ SERVER_ENV = {
     # monailabel caches the DICOMweb series list (and the list of labelled series) for 2 h by default: studies
     # sent to the DICOMweb server, and SEG labels saved, while the server runs would stay invisible that long
     "MONAI_LABEL_DICOMWEB_CACHE_EXPIRY": "30",
-    # glibc's allocator: large blocks from the heap, freed memory kept for the next request (no page faults for
-    # every new activation of the network; the bundle does the same with mallopt, see its scripts/runtime.py)
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": "2147483647",
 }
 DCMQI_TOOL = "itkimage2segimage"  # dcmqi (pip install dcmqi): NIfTI label -> DICOM SEG, for DICOMweb datastores
 

@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark scripts (benchmarks/server_overhead.py, benchmarks/training_throughput.py): their
+"""Smoke tests of the benchmark scripts (benchmarks/server_overhead.py, training_throughput.py, inference_cpu.py): their
 core functions run end to end at a tiny size and return positive figures; bad arguments raise. Timings are not
 checked (the scripts measure them; a test cannot judge them on a shared machine)."""
 
@@ -130,3 +130,28 @@ def test_server_overhead_bad_arguments(kwargs):
 def test_training_throughput_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         training_throughput.measure(**kwargs)
+
+
+@pytest.mark.slow
+def test_inference_cpu_smoke(tmp_path):
+    """benchmarks/inference_cpu.py end to end on a small CT: the default network's row in the markdown table, with
+    positive figures, and a FLOP count of the real convolutions (the CPU fast path is not missed by the counter)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "inference.md"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "inference_cpu.py"), "--shape", "96", "96", "40",
+         "--variants", "aunet_ds", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| aunet_ds |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    end_to_end, network, ratio, rss, gflops = (float(c) for c in cells[1:6])
+    assert all(_positive(x) for x in (end_to_end, network, ratio, rss, gflops))
+    assert network < end_to_end and cells[6].endswith("%")
+    assert "reference peak" in res.stdout
+    # the work counted (GFLOP/s x s) is at least one 96 x 96 x 64 window's 17 GFLOP: a counter that missed the
+    # oneDNN convolutions of the CPU fast path would count almost nothing
+    assert gflops * network > 10

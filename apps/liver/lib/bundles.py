@@ -13,6 +13,7 @@ model gets a runtime bundle under ``<app_dir>/model/<model name>/`` with
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from monai.bundle import ConfigParser
 
@@ -175,3 +177,15 @@ def prepare_bundle(source: str | Path, dest_root: str | Path, variant: str = "")
             weights_src,
         )
     return ServedBundle(name=name, variant=variant, path=dest, source_weights=weights_src)
+
+
+def bundle_module(bundle_path: str | os.PathLike, name: str) -> ModuleType:
+    """``<bundle>/scripts/<name>.py`` loaded from its file under a private module name: monailabel puts the bundle
+    on ``sys.path`` only while it builds the transforms, and every served bundle has a package called ``scripts``."""
+    path = os.path.join(bundle_path, "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"liverseg_served_{abs(hash(path))}_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
