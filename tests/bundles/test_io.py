@@ -120,3 +120,29 @@ def test_dicom_folder_falls_through_to_other_readers(tmp_path):
         shutil.copy(source / name, tmp_path / name)
     img = LoadImage(image_only=True, reader=sio.FastNiftiReader)(str(tmp_path))
     assert img.shape[-1] == 3
+
+
+@pytest.mark.timeout(120)  # a regression hangs in worker.join()
+def test_an_error_while_reordering_stops_the_inflating_thread(tmp_path, monkeypatch):
+    """Ctrl-C or an error in the reading thread must not leave it waiting for the decompressing one forever."""
+    import threading
+
+    monkeypatch.setattr(sio, "SLAB_BYTES", 16 * 16 * 2)  # one slice per slab: the producer is ahead and waits
+    path = write(tmp_path / "ct.nii.gz", ct((16, 16, 40)))
+
+    class Boom(Exception):
+        pass
+
+    copies = []
+
+    def failing_copy(self, src):
+        copies.append(1)
+        if len(copies) == 3:
+            raise Boom
+        return original(self, src)
+
+    original = torch.Tensor.copy_
+    monkeypatch.setattr(torch.Tensor, "copy_", failing_copy)
+    with pytest.raises(Boom):
+        sio.read_nifti_c_order(path, (16, 16, 40), np.int16, 352, True)
+    assert not any(t.name == "nifti-inflate" for t in threading.enumerate())

@@ -76,9 +76,15 @@ def read_nifti_c_order(
     full: queue.Queue = queue.Queue()
     failed: list[BaseException] = []
 
+    def next_buffer() -> np.ndarray:
+        buf = free.get()
+        if buf is None:  # the reading thread stopped (an error, Ctrl-C): stop too
+            raise InterruptedError("reading stopped")
+        return buf
+
     def produce() -> None:
         try:
-            skip, z, filled, buf = offset, 0, 0, free.get()
+            skip, z, filled, buf = offset, 0, 0, next_buffer()
             for piece in _raw_chunks(path, compressed):
                 if skip:
                     cut = min(skip, len(piece))
@@ -92,7 +98,7 @@ def read_nifti_c_order(
                     if filled == n * slice_bytes:
                         full.put((z, n, buf))
                         z, filled = z + n, 0
-                        buf = free.get() if z < nz else None
+                        buf = next_buffer() if z < nz else None
                 if z == nz:
                     break
             if z < nz:
@@ -115,6 +121,9 @@ def read_nifti_c_order(
             step.copy_(slab.permute(1, 2, 0))
             out[:, :, z : z + n].copy_(step.permute(1, 0, 2))
             free.put(buf)
+    except BaseException:
+        free.put(None)  # a producer waiting for a buffer gets none and ends
+        raise
     finally:
         worker.join()
     if failed:
