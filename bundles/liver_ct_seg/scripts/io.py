@@ -6,7 +6,7 @@ NIfTI stores voxels first-index-fastest (Fortran order); MONAI wants C order, so
 ``numpy.ascontiguousarray``, a transposition that runs at a fraction of memory speed. For a 512 x 512 x 200 CT that
 is 0.6 s + 0.5-0.7 s. :class:`FastNiftiReader` does the same work in slabs of axial slices: a second thread
 decompresses the next slab (with ISA-L's ``isal_zlib`` when the ``isal`` package is installed, 2.4 x faster than
-zlib, else with zlib) while the current one is transposed into place by PyTorch; 0.25 s in all for that CT. The
+zlib, else with zlib) while the current one is transposed into place by PyTorch; 0.25-0.4 s in all for that CT. The
 array is the one ``NibabelReader`` gives, value for value; anything else (scaled or 4D data, other byte orders,
 other formats) is read by ``NibabelReader`` itself.
 """

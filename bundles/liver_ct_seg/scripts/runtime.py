@@ -6,7 +6,8 @@ them back on free, so each new full-resolution activation of a 3D network (19-38
 8-16 channels) pays its page faults again. PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for this;
 :func:`keep_freed_memory` gets the same effect from glibc itself: large blocks come from the heap and freed memory
 stays in the process for the next one. Measured on 2 cores (AU-Net+DS, one 96 x 96 x 64 window): 350 -> 255 ms.
-The cost: the process keeps its peak memory until it exits (peak resident memory itself does not grow).
+The cost: the process keeps its peak memory until it exits, and the peak itself can grow where block sizes vary
+(inference: 1.85 GB against 2.42 GB without; training: 4.03 GB against 3.29 GB, with steps 22 % faster).
 Equivalent environment settings, for a process started by hand: ``MALLOC_MMAP_MAX_=0`` and
 ``MALLOC_TRIM_THRESHOLD_=2147483647``.
 """
