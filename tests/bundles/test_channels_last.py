@@ -15,20 +15,23 @@ from monai.networks.blocks import Convolution
 from tests.bundles.test_networks import VARIANTS, image, make  # also puts the bundle on sys.path
 
 # isort: split
+from scripts.networks.blocks import DecoderLevel
 from scripts.networks.channels_last import (
     ChannelsLastConv3d,
     ChannelsLastConvolution,
     ChannelsLastConvTranspose3d,
+    ChannelsLastDecoderLevel,
     instance_norm_channels_last_,
     use_channels_last_cpu_inference,
 )
 
 CL = torch.channels_last_3d
-FAST = (ChannelsLastConv3d, ChannelsLastConvolution, ChannelsLastConvTranspose3d)
+FAST = (ChannelsLastConv3d, ChannelsLastConvolution, ChannelsLastConvTranspose3d, ChannelsLastDecoderLevel)
 STOCK = {
     ChannelsLastConv3d: nn.Conv3d,
     ChannelsLastConvolution: Convolution,
     ChannelsLastConvTranspose3d: nn.ConvTranspose3d,
+    ChannelsLastDecoderLevel: DecoderLevel,
 }
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
 
@@ -46,7 +49,8 @@ def stock_copy(net: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("batch", [1, 2])
 def test_fast_path_matches_stock_modules(variant, batch):
     net = make(variant[0], 3).eval()
-    assert {type(m) for m in net.modules()} >= set(FAST)
+    fused_decoder = not getattr(net, "convlstm", False)  # concatenation skips: decoder levels write in place
+    assert {type(m) for m in net.modules()} >= set(FAST if fused_decoder else FAST[:-1])
     ref = stock_copy(net)
     assert not any(type(m) in FAST for m in ref.modules())
     x = image(3, batch=batch, size=(32, 24, 16))
@@ -141,3 +145,27 @@ def test_only_conv_instance_norm_leaky_relu_blocks_are_fused():
     for block in model:
         with torch.no_grad():
             torch.testing.assert_close(block(x), stock_copy(block)(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:3], ids=[v[0].__name__ for v in VARIANTS[:3]])
+def test_decoder_levels_write_in_place_without_concatenation(variant):
+    """The concatenation skips are fused in place: no ``cat`` runs in the fast path (the stock one runs 4)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountCat(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.cats = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.cats += func.overloadpacket is torch.ops.aten.cat
+            return func(*args, **(kwargs or {}))
+
+    net = make(variant[0], 3).eval()
+    x = image(3, batch=1, size=(32, 24, 16))
+    with torch.no_grad():
+        with CountCat() as fast:
+            net(x)
+        with CountCat() as stock:
+            stock_copy(net)(x)
+    assert fast.cats == 0 and stock.cats == len(net.decoder)

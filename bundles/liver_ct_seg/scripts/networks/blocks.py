@@ -38,6 +38,10 @@ class IdentityGate(nn.Module):
     def forward(self, skip: torch.Tensor, gating: torch.Tensor) -> torch.Tensor:
         return skip
 
+    def forward_into(self, skip: torch.Tensor, gating: torch.Tensor, out: torch.Tensor) -> None:
+        """``forward`` written into ``out`` (e.g. a channel slice of the fused decoder input)."""
+        out.copy_(skip)
+
 
 class AttentionGate(nn.Module):
     """
@@ -81,6 +85,10 @@ class AttentionGate(nn.Module):
 
     def forward(self, skip: torch.Tensor, gating: torch.Tensor) -> torch.Tensor:
         return skip * self.attention(skip, gating)
+
+    def forward_into(self, skip: torch.Tensor, gating: torch.Tensor, out: torch.Tensor) -> None:
+        """``forward`` written into ``out`` (e.g. a channel slice of the fused decoder input)."""
+        torch.mul(skip, self.attention(skip, gating), out=out)
 
 
 class ConcatFusion(nn.Module):

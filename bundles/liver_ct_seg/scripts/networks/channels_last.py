@@ -7,7 +7,9 @@ each channels-first activation to its blocked layout and back. The modules below
 (``torch.channels_last_3d``) from the first convolution to the last and call oneDNN directly
 (``torch.mkldnn_convolution``); a conv-norm-act block normalizes its own convolution output in place (instance
 norm in two passes, mean then the variance of the centred values, so no precision is lost to
-``E[x^2] - E[x]^2``) and applies its leaky ReLU in place.
+``E[x^2] - E[x]^2``) and applies its leaky ReLU in place; a decoder level with concatenation writes the
+upsampled feature and the (gated) skip straight into the two channel halves of its fused input (no concatenation
+copy).
 
 They are drop-in subclasses of ``nn.Conv3d`` and MONAI's ``Convolution``: same parameters, same state dict, same
 results up to float rounding (a different summation order). They take the fast path only for float32 CPU tensors
@@ -21,10 +23,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
+from .blocks import ConcatFusion, DecoderLevel
+
 __all__ = [
     "ChannelsLastConv3d",
     "ChannelsLastConvTranspose3d",
     "ChannelsLastConvolution",
+    "ChannelsLastDecoderLevel",
     "instance_norm_channels_last_",
     "use_channels_last_cpu_inference",
 ]
@@ -52,31 +57,44 @@ class ChannelsLastConvTranspose3d(nn.ConvTranspose3d):
     is one matrix product of the channels-last input with the kernel followed by a depth-to-space copy, giving a
     channels-last output (PyTorch's own kernel is a slow reference one here and answers channels-first)."""
 
-    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if (
+    def takes_fast_path(self, input: torch.Tensor) -> bool:
+        """Whether CPU inference on ``input`` runs as a matrix product (see the class docstring)."""
+        return (
             _cpu_inference(input)
-            and output_size is None
             and input.dim() == 5
             and self.groups == 1
             and self.kernel_size == self.stride
             and self.padding == (0, 0, 0)
             and self.output_padding == (0, 0, 0)
             and self.dilation == (1, 1, 1)
-        ):
-            n, c_in, d, h, w = input.shape
+        )
+
+    def forward_into(self, input: torch.Tensor, out: torch.Tensor) -> None:
+        """The fast path written into ``out`` (``[N, C_out, D * kd, H * kh, W * kw]`` with channel stride 1, e.g. a
+        channel slice of a channels-last tensor). Only where :meth:`takes_fast_path` is True."""
+        n, c_in, d, h, w = input.shape
+        kd, kh, kw = self.kernel_size
+        c_out = self.weight.shape[1]
+        rows = input.contiguous(memory_format=torch.channels_last_3d).permute(0, 2, 3, 4, 1).reshape(-1, c_in)
+        # columns ordered (kd, kh, kw, c_out): the depth-to-space copy then moves rows of kw * c_out values
+        kernel = self.weight.permute(0, 2, 3, 4, 1).reshape(c_in, kd * kh * kw * c_out)
+        bias = self.bias
+        if bias is None:
+            y = torch.mm(rows, kernel)
+        else:
+            y = torch.addmm(bias.repeat(kd * kh * kw), rows, kernel)
+        target = out.permute(0, 2, 3, 4, 1).view(n, d, kd, h, kh, w, kw, c_out)
+        target.copy_(y.view(n, d, h, w, kd, kh, kw, c_out).permute(0, 1, 4, 2, 5, 3, 6, 7))
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if output_size is None and self.takes_fast_path(input):
+            n, _, d, h, w = input.shape
             kd, kh, kw = self.kernel_size
-            c_out = self.weight.shape[1]
-            rows = input.contiguous(memory_format=torch.channels_last_3d).permute(0, 2, 3, 4, 1).reshape(-1, c_in)
-            # columns ordered (kd, kh, kw, c_out): the depth-to-space copy then moves rows of kw * c_out values
-            kernel = self.weight.permute(0, 2, 3, 4, 1).reshape(c_in, kd * kh * kw * c_out)
-            bias = self.bias
-            if bias is None:
-                y = torch.mm(rows, kernel)
-            else:
-                y = torch.addmm(bias.repeat(kd * kh * kw), rows, kernel)
-            y = y.view(n, d, h, w, kd, kh, kw, c_out).permute(0, 1, 4, 2, 5, 3, 6, 7)
-            y = y.reshape(n, d * kd, h * kh, w * kw, c_out)
-            return y.permute(0, 4, 1, 2, 3)
+            out = torch.empty(
+                (n, d * kd, h * kh, w * kw, self.weight.shape[1]), dtype=input.dtype, device=input.device
+            ).permute(0, 4, 1, 2, 3)
+            self.forward_into(input, out)
+            return out
         if self.padding_mode != "zeros":
             raise ValueError("Only `zeros` padding mode is supported for ConvTranspose3d")
         return F.conv_transpose3d(
@@ -123,6 +141,27 @@ class ChannelsLastConvolution(Convolution):
         return self.adn(y)
 
 
+class ChannelsLastDecoderLevel(DecoderLevel):
+    """Decoder level with concatenation (:class:`DecoderLevel` with :class:`ConcatFusion`) whose CPU inference
+    writes the upsampled feature and the (gated) skip into the two channel halves of one channels-last tensor, the
+    input of its first convolution: no concatenation copy (at full resolution the largest copy of the network).
+    Built only by :func:`use_channels_last_cpu_inference`; the same values as the parent's ``forward``."""
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if self.up.takes_fast_path(x) and _cpu_inference(skip):
+            n, c_skip, d, h, w = skip.shape
+            c_up = self.up.weight.shape[1]
+            kd, kh, kw = self.up.kernel_size
+            if (x.shape[2] * kd, x.shape[3] * kh, x.shape[4] * kw) == (d, h, w):
+                fused = torch.empty((n, d, h, w, c_up + c_skip), dtype=x.dtype, device=x.device).permute(0, 4, 1, 2, 3)
+                self.up.forward_into(x, fused[:, :c_up])
+                self.gate.forward_into(skip, x, fused[:, c_up:])
+                return self.conv2(self.dropout(self.conv1(fused)))
+        # DecoderLevel.forward (TorchScript has no super())
+        y = self.fusion(self.up(x), self.gate(skip, x))
+        return self.conv2(self.dropout(self.conv1(y)))
+
+
 def _is_norm_act(block: nn.Module) -> bool:
     adn = getattr(block, "adn", None)
     if adn is None or [name for name, _ in adn.named_children()] != ["N", "A"]:
@@ -136,10 +175,14 @@ def _is_norm_act(block: nn.Module) -> bool:
     )
 
 
+_TRANSPOSED = (nn.ConvTranspose3d, ChannelsLastConvTranspose3d)
+
+
 def use_channels_last_cpu_inference(module: nn.Module) -> nn.Module:
     """Switch, in place, every plain ``nn.Conv3d`` / ``nn.ConvTranspose3d`` inside ``module`` to
-    :class:`ChannelsLastConv3d` / :class:`ChannelsLastConvTranspose3d` and every MONAI
-    ``Convolution`` that is conv + instance norm + leaky ReLU to :class:`ChannelsLastConvolution`.
+    :class:`ChannelsLastConv3d` / :class:`ChannelsLastConvTranspose3d`, every MONAI ``Convolution`` that is
+    conv + instance norm + leaky ReLU to :class:`ChannelsLastConvolution` and every 3D :class:`DecoderLevel` with
+    concatenation to :class:`ChannelsLastDecoderLevel`.
 
     The modules keep their parameters and buffers (the classes add no state), so state dicts load as before.
     Does nothing where PyTorch has no oneDNN. Returns ``module``.
@@ -153,4 +196,6 @@ def use_channels_last_cpu_inference(module: nn.Module) -> nn.Module:
             m.__class__ = ChannelsLastConvTranspose3d
         elif type(m) is Convolution and _is_norm_act(m):
             m.__class__ = ChannelsLastConvolution
+        elif type(m) is DecoderLevel and type(m.fusion) is ConcatFusion and type(m.up) in _TRANSPOSED:
+            m.__class__ = ChannelsLastDecoderLevel
     return module
