@@ -291,6 +291,23 @@ def test_keep_largest_in_box_equals_monai(labels, independent, connectivity, num
     assert not torch.equal(got.as_tensor(), lab) or labels == [0, 1]  # something was removed
 
 
+@pytest.mark.parametrize("density", [0.05, 0.3])  # hundreds of specks (ties in size) / a few larger components
+@pytest.mark.parametrize("labels,independent,num", [([1, 2], False, 1), ([1, 2], True, 2), ([0, 1], False, 1),
+                                                    ([1], False, 3)])
+def test_keep_largest_in_box_equals_monai_on_many_components(labels, independent, num, density):
+    """Random labels: up to hundreds of components (more than are counted box by box), many of equal size."""
+    rng = np.random.default_rng(int(density * 10) + num)
+    lab = ((rng.random((30, 26, 22)) < density) * rng.integers(1, 3, size=(30, 26, 22))).astype(np.uint8)
+    lab = torch.as_tensor(lab)[None]
+    if labels == [0, 1]:
+        lab[lab == 2] = 1  # only labels 0 and 1: the applied labels cover every value
+    expected = KeepLargestConnectedComponent(
+        applied_labels=labels, is_onehot=False, independent=independent, num_components=num
+    )(lab.clone())
+    got = KeepLargestComponentInBox(labels, independent, None, num)(lab.clone())
+    assert torch.equal(got, torch.as_tensor(expected))
+
+
 def test_keep_largest_in_box_dict_and_empty():
     d = KeepLargestComponentInBoxd("pred", applied_labels=[1, 2], independent=False)({"pred": blob_label(0)})
     assert torch.equal(d["pred"], torch.as_tensor(
