@@ -151,11 +151,26 @@ def spy_fast_path(monkeypatch) -> list[bool]:
     return taken
 
 
+def spy_box_orientation(monkeypatch) -> list[bool]:
+    """Record, per Orientationd inverse on the label, whether it moved only the label's box."""
+    moved: list[bool] = []
+    real = InvertArgmaxd._orientation_inverse
+
+    def spy(t, label):
+        out = real(t, label)
+        moved.append(out is not None)
+        return out
+
+    monkeypatch.setattr(InvertArgmaxd, "_orientation_inverse", staticmethod(spy))
+    return moved
+
+
 @pytest.mark.parametrize("orientation,pixdim,degrees,bias", INVERT_CASES)
 def test_invert_argmax_equals_invertd_then_argmax(orientation, pixdim, degrees, bias, tmp_path, monkeypatch):
     from liverseg.phantom import generate_phantom
 
     taken = spy_fast_path(monkeypatch)
+    moved = spy_box_orientation(monkeypatch)
 
     ph = generate_phantom(4, shape=(48, 48, 24), orientation=orientation)
     path = tmp_path / "ct.nii.gz"
@@ -177,6 +192,8 @@ def test_invert_argmax_equals_invertd_then_argmax(orientation, pixdim, degrees, 
     assert got.applied_operations == []
     assert len(torch.unique(got)) == 3  # every class is present: the comparison is not trivial
     assert taken == [True]  # oblique and permuted inputs too: the label was resampled in the box, not the scores
+    assert moved == [True]  # and flipped / permuted back as a box, not as a whole volume
+    assert got[0].as_tensor().permute(2, 1, 0).is_contiguous()  # first index fastest, as the writer wants
 
 
 def test_invert_argmax_without_spacing_falls_back_to_monai(tmp_path, monkeypatch):
@@ -294,7 +311,8 @@ def test_keep_largest_in_box_equals_monai(labels, independent, connectivity, num
 @pytest.mark.parametrize("density", [0.05, 0.3])  # hundreds of specks (ties in size) / a few larger components
 @pytest.mark.parametrize("labels,independent,num", [([1, 2], False, 1), ([1, 2], True, 2), ([0, 1], False, 1),
                                                     ([1], False, 3)])
-def test_keep_largest_in_box_equals_monai_on_many_components(labels, independent, num, density):
+@pytest.mark.parametrize("nifti_order", [False, True])  # C order, or first index fastest (InvertArgmaxd's output)
+def test_keep_largest_in_box_equals_monai_on_many_components(labels, independent, num, density, nifti_order):
     """Random labels: up to hundreds of components (more than are counted box by box), many of equal size."""
     rng = np.random.default_rng(int(density * 10) + num)
     lab = ((rng.random((30, 26, 22)) < density) * rng.integers(1, 3, size=(30, 26, 22))).astype(np.uint8)
@@ -304,7 +322,10 @@ def test_keep_largest_in_box_equals_monai_on_many_components(labels, independent
     expected = KeepLargestConnectedComponent(
         applied_labels=labels, is_onehot=False, independent=independent, num_components=num
     )(lab.clone())
-    got = KeepLargestComponentInBox(labels, independent, None, num)(lab.clone())
+    arg = lab.clone()
+    if nifti_order:
+        arg = arg[0].permute(2, 1, 0).contiguous().permute(2, 1, 0)[None]
+    got = KeepLargestComponentInBox(labels, independent, None, num)(arg)
     assert torch.equal(got, torch.as_tensor(expected))
 
 
@@ -395,3 +416,20 @@ def test_label_writer_keeps_fortran_input_and_defaults():
     img = LabelNiftiWriter.create_backend_obj(arr, dtype=np.int16)
     np.testing.assert_array_equal(np.asarray(img.dataobj), arr)
     np.testing.assert_allclose(img.affine, np.eye(4))
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 6), (9, 4), (3, 4, 5, 6)])
+def test_foreground_box_in_any_voxel_order(shape):
+    from scripts.transforms import _foreground_box
+
+    rng = np.random.default_rng(len(shape))
+    mask = torch.zeros(shape, dtype=torch.bool)
+    lo = [int(rng.integers(0, s // 2)) for s in shape]
+    hi = [int(rng.integers(s // 2, s)) for s in shape]
+    mask[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] = torch.rand(*[b - a + 1 for a, b in zip(lo, hi)]) >= 0
+    expected = list(zip(lo, hi))
+    reversed_order = mask.permute(*range(len(shape) - 1, -1, -1)).contiguous().permute(*range(len(shape) - 1, -1, -1))
+    assert not reversed_order.is_contiguous()
+    assert _foreground_box(mask) == expected
+    assert _foreground_box(reversed_order) == expected
+    assert _foreground_box(torch.zeros(shape, dtype=torch.bool)) is None
