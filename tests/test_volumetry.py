@@ -96,3 +96,11 @@ def test_edge_cases(label, expected):
 def test_bad_inputs(label, affine, message):
     with pytest.raises(ValueError, match=message):
         volumetry(label, affine)
+
+
+def test_nifti_voxel_order_gives_the_same_report():
+    """A label in NIfTI's voxel order (first index fastest, as the bundle's inference returns it) reports the same."""
+    lab = _two_tumor_label()
+    fortran = np.asfortranarray(lab)
+    assert fortran.flags.f_contiguous and not fortran.flags.c_contiguous
+    assert volumetry(fortran, LPS_2MM) == volumetry(lab, LPS_2MM)
