@@ -116,10 +116,7 @@ class LiverSegInferTask(BundleInferTask):
         """The mask (after ``Restored``: source shape, ``<key>_meta_dict["affine"]`` = the source's affine) as a
         NIfTI temp file, by the bundle's writer; returns ``(file, result json)`` as monailabel's writer does."""
         pred = data[self.output_label_key]
-        meta = data.get(f"{self.output_label_key}_meta_dict") or {}
-        affine = meta.get("affine")
-        if affine is None and isinstance(pred, MetaTensor):
-            affine = pred.affine
+        affine = self.result_affine(data)
         writer = self.label_writer(output_dtype=dtype)
         writer.set_data_array(pred, channel_dim=0 if pred.ndim == 4 else None)
         writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
@@ -128,13 +125,19 @@ class LiverSegInferTask(BundleInferTask):
         writer.write(output_file)
         return output_file, dict(data.get(self.output_json_key) or {})
 
+    def result_affine(self, data: Dict[str, Any]) -> Any:
+        """The mask's affine: ``<key>_meta_dict["affine"]`` (the source's, set by ``Restored``), else the mask's own
+        (a MetaTensor), else None."""
+        pred = data[self.output_label_key]
+        affine = (data.get(f"{self.output_label_key}_meta_dict") or {}).get("affine")
+        if affine is None and isinstance(pred, MetaTensor):
+            affine = pred.affine
+        return affine
+
     def volumetry(self, data: Dict[str, Any]) -> Dict[str, Any]:
         pred = data[self.output_label_key]
         arr = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
-        meta = data.get(f"{self.output_label_key}_meta_dict") or {}
-        affine = meta.get("affine")
-        if affine is None and isinstance(pred, MetaTensor):
-            affine = pred.affine
+        affine = self.result_affine(data)
         if affine is None:
             raise ValueError("no affine for the prediction")
         affine = affine.detach().cpu().numpy() if isinstance(affine, torch.Tensor) else np.asarray(affine)

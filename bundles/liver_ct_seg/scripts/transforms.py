@@ -387,24 +387,17 @@ class ResampleArgmax(Transform):
         # the interpolation matrix (2 weights per row) from the input range they read
         box_out, box_src, weights = [], [], []
         for a in range(nd):
-            m = scores.shape[a + 1]
-            u = np.clip(xform[a, a] * np.arange(spatial_size[a]) + xform[a, -1], 0.0, m - 1.0)
-            i0 = np.floor(u).astype(np.int64)
+            i0, i1, w = _linear_taps((xform[a, a], xform[a, -1]), scores.shape[a + 1], spatial_size[a])
             lo, hi = box_in[a]
             sel = np.nonzero((i0 >= lo - 1) & (i0 <= hi))[0]
             if sel.size == 0:
                 return None, []
             o0, o1 = int(sel[0]), int(sel[-1]) + 1
-            i0, w = i0[o0:o1], u[o0:o1] - i0[o0:o1]
-            i1 = np.minimum(i0 + 1, m - 1)
+            i0, i1, w = i0[o0:o1], i1[o0:o1], w[o0:o1]
             start, stop = int(i0.min()), int(i1.max()) + 1
-            mat = np.zeros((stop - start, o1 - o0))
-            rows = np.arange(o1 - o0)
-            np.add.at(mat, (i0 - start, rows), 1.0 - w)
-            np.add.at(mat, (i1 - start, rows), w)
             box_out.append(slice(o0, o1))
             box_src.append(slice(start, stop))
-            weights.append(torch.as_tensor(mat, dtype=diff.dtype, device=diff.device))
+            weights.append(_taps_matrix((i0 - start, i1 - start, w), stop - start, diff.dtype, diff.device))
         # separable interpolation: contract one input axis at a time with its matrix; each new axis goes last, so
         # after all of them the axes are back in order
         y = diff[(slice(None), *box_src)]
