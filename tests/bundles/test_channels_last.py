@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.bundles.test_networks import VARIANTS, image, make  # also puts the bundle on sys.path
 
@@ -150,8 +151,6 @@ def test_only_conv_instance_norm_leaky_relu_blocks_are_fused():
 @pytest.mark.parametrize("variant", VARIANTS[:3], ids=[v[0].__name__ for v in VARIANTS[:3]])
 def test_decoder_levels_write_in_place_without_concatenation(variant):
     """The concatenation skips are fused in place: no ``cat`` runs in the fast path (the stock one runs 4)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     class CountCat(TorchDispatchMode):
         def __init__(self):
             super().__init__()
@@ -169,3 +168,69 @@ def test_decoder_levels_write_in_place_without_concatenation(variant):
         with CountCat() as stock:
             stock_copy(net)(x)
     assert fast.cats == 0 and stock.cats == len(net.decoder)
+
+
+@pytest.mark.parametrize(
+    "c_in, c_out, kernel, size, bias",
+    [
+        (1, 8, 3, (10, 9, 12), True),  # the first convolution: one input channel (oneDNN answers channels-first)
+        (8, 8, 3, (6, 7, 8), True),
+        (16, 8, 3, (5, 6, 10), False),
+        (3, 5, (3, 1, 5), (6, 5, 8), True),  # anisotropic kernel, wider along the paired axis
+        (4, 2, (1, 3, 3), (4, 6, 6), True),
+    ],
+)
+def test_convolution_with_few_output_channels_pairs_voxels(c_in, c_out, kernel, size, bias):
+    """At most 8 output channels, stride 1, "same" padding and an even last axis: two voxels per output position
+    (``2 * C_out`` channels, stride 2 along the last axis), the same values as the plain convolution."""
+    torch.manual_seed(0)
+    conv = nn.Conv3d(c_in, c_out, kernel, padding=tuple(k // 2 for k in _triple(kernel)), bias=bias)
+    fast = use_channels_last_cpu_inference(copy.deepcopy(conv))
+    x = torch.randn(2, c_in, *size)
+    assert fast.pairs_voxels(x.contiguous(memory_format=CL))
+    seen = []
+    with torch.no_grad(), _RecordConvolutions(seen):
+        got = fast(x)
+    assert [(tuple(w.shape), stride) for w, stride in seen] == [
+        ((2 * c_out, c_in, *_triple(kernel)[:2], _triple(kernel)[2] + 1), [1, 1, 2])
+    ]
+    assert got.shape == (2, c_out, *size) and got.is_contiguous(memory_format=CL)
+    with torch.no_grad():
+        torch.testing.assert_close(got, conv(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "conv, size",
+    [
+        (nn.Conv3d(8, 16, 3, padding=1), (6, 6, 8)),  # 16 output channels fill oneDNN's block already
+        (nn.Conv3d(8, 8, 3, padding=1), (6, 6, 7)),  # odd last axis
+        (nn.Conv3d(8, 8, 3, padding=1, stride=2), (6, 6, 8)),
+        (nn.Conv3d(8, 8, 3, padding=0), (6, 6, 8)),  # not "same"
+        (nn.Conv3d(8, 8, (3, 3, 1)), (6, 6, 8)),  # nothing to pair along the last axis
+        (nn.Conv3d(8, 8, 3, padding=2, dilation=2), (6, 6, 8)),
+        (nn.Conv3d(8, 8, 3, padding=1, groups=2), (6, 6, 8)),
+    ],
+)
+def test_other_convolutions_are_not_paired(conv, size):
+    fast = use_channels_last_cpu_inference(copy.deepcopy(conv))
+    x = torch.randn(1, conv.in_channels, *size)
+    assert not fast.pairs_voxels(x.contiguous(memory_format=CL))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def _triple(kernel):
+    return (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
+
+
+class _RecordConvolutions(TorchDispatchMode):
+    """Records (weight, stride) of every oneDNN convolution run inside the ``with`` block."""
+
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.mkldnn_convolution:
+            self.seen.append((args[1], list(args[4])))
+        return func(*args, **(kwargs or {}))

@@ -40,11 +40,59 @@ def _cpu_inference(x: torch.Tensor) -> bool:
 
 
 class ChannelsLastConv3d(nn.Conv3d):
-    """``nn.Conv3d`` that runs oneDNN on channels-last tensors for CPU inference (see the module docstring)."""
+    """``nn.Conv3d`` that runs oneDNN on channels-last tensors for CPU inference (see the module docstring).
+
+    A "same" convolution with stride 1 and at most 8 output channels (the full-resolution level of the default
+    networks) runs as a convolution that gives two neighbouring voxels along the last axis per output position:
+    ``2 * C_out`` output channels, stride 2 and one more tap along that axis (the first ``C_out`` channels hold the
+    kernel at taps ``0..k-1``, the others at ``1..k``, the rest zeros). oneDNN pads fewer than 16 output channels
+    to 16, so this fills the lanes it computes anyway: 1.33 x the multiply-adds in 0.7 x the time. The output,
+    ``[N, 2 * C_out, D, H, W / 2]`` channels-last, is ``[N, C_out, D, H, W]`` channels-last in memory (a view, no
+    copy); the zero taps add exact zeros, so the values are those of the plain convolution (equal on the networks'
+    full-resolution layers in our tests)."""
+
+    def pairs_voxels(self, x: torch.Tensor) -> bool:
+        """Whether the fast path on channels-last ``x`` computes two voxels per output position (see the class)."""
+        kw = self.kernel_size[2]
+        return (
+            x.dim() == 5
+            and 2 * self.out_channels <= 16  # oneDNN's block of output channels (AVX-512: 16 floats)
+            and self.groups == 1
+            and self.stride == (1, 1, 1)
+            and self.dilation == (1, 1, 1)
+            and kw > 1
+            and self.padding[2] * 2 + 1 == kw
+            and x.shape[4] % 2 == 0
+        )
+
+    def paired_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of channels-last ``x`` as two voxels per output position (where :meth:`pairs_voxels`)."""
+        c_out, c_in, kd, kh, kw = self.weight.shape
+        weight = self.weight.new_zeros((2 * c_out, c_in, kd, kh, kw + 1))
+        weight[:c_out, :, :, :, :kw] = self.weight
+        weight[c_out:, :, :, :, 1:] = self.weight
+        bias = self.bias
+        if bias is not None:
+            bias = bias.repeat(2)
+        y = torch.mkldnn_convolution(
+            x,
+            weight.contiguous(memory_format=torch.channels_last_3d),
+            bias,
+            self.padding,
+            (1, 1, 2),
+            self.dilation,
+            1,
+        )
+        n, _, d, h, w_half = y.shape
+        # a single input channel is ambiguous in layout, and oneDNN then answers channels-first
+        y = y.contiguous(memory_format=torch.channels_last_3d).permute(0, 2, 3, 4, 1)
+        return y.view(n, d, h, 2 * w_half, c_out).permute(0, 4, 1, 2, 3)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if _cpu_inference(input) and self.padding_mode == "zeros" and not isinstance(self.padding, str):
             x = input.contiguous(memory_format=torch.channels_last_3d)
+            if self.pairs_voxels(x):
+                return self.paired_forward(x)
             w = self.weight.contiguous(memory_format=torch.channels_last_3d)
             y = torch.mkldnn_convolution(x, w, self.bias, self.padding, self.stride, self.dilation, self.groups)
             # oneDNN answers channels-first when the input layout is ambiguous (1 channel): keep channels-last
