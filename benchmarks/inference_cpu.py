@@ -48,6 +48,19 @@ def matmul_peak_gflops(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+FIRST_TOUCH = (
+    "import time, numpy as np; a = np.empty(64 * 2**20, np.uint8); t = time.perf_counter(); a.fill(1); "
+    "print(time.perf_counter() - t)"
+)
+
+
+def first_touch_ms_per_mb() -> float:
+    """Milliseconds per MB to write memory a fresh process has just allocated (64 MB): page faults and zeroing, and
+    on a virtual machine whose host backs guest memory lazily, the host's first touch (seen here: 0.2-2.5 ms/MB)."""
+    res = subprocess.run([sys.executable, "-c", FIRST_TOUCH], capture_output=True, text=True, check=True)
+    return float(res.stdout.strip().splitlines()[-1]) * 1e3 / 64
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -160,6 +173,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     peak_start = matmul_peak_gflops()
     print(f"fp32 matmul peak (2048^2, {args.threads} threads): {peak_start:.1f} GFLOP/s")
+    touch = first_touch_ms_per_mb()
+    print(f"first touch of fresh memory in a new process: {touch:.2f} ms/MB (every new full-volume array pays it)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -201,7 +216,8 @@ def main() -> int:
             "# Inference benchmark", "",
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
             f"{args.threads}; fp32 matmul peak {peak_start:.1f} GFLOP/s at the start, {peak_end:.1f} at the end "
-            f"(reference: {peak:.1f}). Command: `python {' '.join(sys.argv)}`.",
+            f"(reference: {peak:.1f}); first touch of fresh memory {touch:.2f} ms/MB. "
+            f"Command: `python {' '.join(sys.argv)}`.",
             (f"Input: synthetic CT {tuple(args.shape)} voxels (LPS, 0.78 x 0.78 x 1.0 mm), default inference.json."
              if args.image is None else f"Input: {args.image.name}, default inference.json."), "",
             "| network | end to end (s) | network (s) | end-to-end / network | peak RSS (GB) | network GFLOP/s "
