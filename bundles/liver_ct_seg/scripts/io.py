@@ -13,7 +13,6 @@ other formats) is read by ``NibabelReader`` itself.
 
 from __future__ import annotations
 
-import mmap
 import os
 import queue
 import threading
@@ -56,13 +55,6 @@ def _raw_chunks(path: str, compressed: bool):
             yield tail
 
 
-def _faulted_in(array: np.ndarray) -> np.ndarray:
-    """``array`` (C-contiguous) after one write per memory page: its pages are mapped now, not at first use."""
-    flat = array.reshape(-1).view(np.uint8)
-    flat[:: mmap.PAGESIZE] = 0
-    return array
-
-
 def read_nifti_c_order(
     path: str, shape: tuple[int, int, int], dtype: np.dtype, offset: int, compressed: bool
 ) -> np.ndarray:
@@ -76,8 +68,7 @@ def read_nifti_c_order(
     dtype = np.dtype(dtype)
     slice_bytes = nx * ny * dtype.itemsize
     per_slab = max(1, min(nz, SLAB_BYTES // max(slice_bytes, 1)))
-    out_array = np.empty((nx, ny, nz), dtype=dtype)
-    out = torch.from_numpy(out_array)
+    out = torch.from_numpy(np.empty((nx, ny, nz), dtype=dtype))
     # three slab buffers go round: one being filled, one waiting, one being transposed
     free: queue.Queue = queue.Queue()
     for _ in range(3):
@@ -123,10 +114,6 @@ def read_nifti_c_order(
     worker = threading.Thread(target=produce, name="nifti-inflate", daemon=True)
     worker.start()
     try:
-        # the first transposition writes into every page of the output, so this thread faults them all in then;
-        # it does so now instead, while it would wait for the first slab to be decompressed
-        _faulted_in(middle.numpy())
-        _faulted_in(out_array)
         while (item := full.get()) is not None:
             z, n, buf = item
             slab = torch.from_numpy(buf[: n * slice_bytes].view(dtype).reshape(n, ny, nx))
