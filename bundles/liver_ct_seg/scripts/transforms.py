@@ -471,9 +471,7 @@ class InvertArgmaxd(MapTransform):
         size = [int(v) for v in op[TraceKeys.ORIG_SIZE]]
         values, start = self.resample_argmax.box_label(img, dst_affine=dst_affine, spatial_size=size)
         sp_resample.pop_transform(img)
-        carrier = MetaTensor(torch.zeros(0), meta=img.meta, applied_operations=img.applied_operations)
-        carrier.affine = torch.as_tensor(dst_affine, dtype=torch.float64)
-        return _BoxLabel(values, start, size, carrier)
+        return _BoxLabel(values, start, size, _with_meta(torch.zeros(0), img, dst_affine))
 
     @staticmethod
     def _orientation_inverse(t: Orientationd, label: _BoxLabel) -> _BoxLabel | None:
@@ -503,8 +501,7 @@ class InvertArgmaxd(MapTransform):
         ):
             return None
         ornt.pop_transform(carrier)
-        out = MetaTensor(torch.zeros(0), meta=carrier.meta, applied_operations=carrier.applied_operations)
-        out.affine = torch.as_tensor(cur_affine @ np.linalg.inv(perm), dtype=torch.float64)
+        out = _with_meta(torch.zeros(0), carrier, cur_affine @ np.linalg.inv(perm))
         if label.values is None:
             return _BoxLabel(None, [], orig_size, out)
         values = label.values.permute(0, *[1 + a for a in src_axis])
@@ -554,6 +551,13 @@ class InvertArgmaxd(MapTransform):
         return d
 
 
+def _with_meta(data: torch.Tensor, like: MetaTensor, affine: Any) -> MetaTensor:
+    """``data`` as a MetaTensor with the metadata and trace of ``like`` and the (float64) ``affine``."""
+    out = MetaTensor(data, meta=like.meta, applied_operations=like.applied_operations)
+    out.affine = torch.as_tensor(affine, dtype=torch.float64)
+    return out
+
+
 class _BoxLabel:
     """A label that is 0 outside a box, while :class:`InvertArgmaxd` moves it: ``values`` (``[1, *box]``, None if
     the label is all 0) from voxel ``start`` of a ``size`` grid; ``carrier`` holds the metadata, the trace and the
@@ -569,9 +573,7 @@ class _BoxLabel:
         full = torch.zeros(self.size[::-1], dtype=dtype, device=device).permute(*range(nd - 1, -1, -1)).unsqueeze(0)
         if self.values is not None:
             full[(slice(None), *(slice(a, a + n) for a, n in zip(self.start, self.values.shape[1:])))] = self.values
-        out = MetaTensor(full, meta=self.carrier.meta, applied_operations=self.carrier.applied_operations)
-        out.affine = self.carrier.affine
-        return out
+        return _with_meta(full, self.carrier, self.carrier.affine)
 
 
 class KeepLargestComponentInBox(Transform):
