@@ -76,14 +76,14 @@ score-weights: install
 	$(PY) -m liverseg evaluate $(SCORE)/pred sample-data/Dataset001_LiverPhantom/labelsTs --out $(SCORE)
 
 # The comparison run of issue 5 (configs/comparison.json: four networks + window / histogram-equalization ablations,
-# same budget and seed) on the sample phantoms; resumes where it stopped; the report is copied to docs/comparison/.
+# same budget, 3 seeds) on the sample phantoms; resumes where it stopped; the report is copied to docs/comparison/.
 # Another dataset: make comparison COMPARE_ARGS="--dataset path/to/DatasetXXX" (see `liverseg compare --help`).
 COMPARE_OUT := $(CACHE)/comparison
 comparison: install
 	$(PY) -m liverseg compare --out $(COMPARE_OUT) $(COMPARE_ARGS)
 	mkdir -p docs/comparison
-	cp -r $(COMPARE_OUT)/comparison.md $(COMPARE_OUT)/comparison.csv $(COMPARE_OUT)/curves.png \
-		$(COMPARE_OUT)/pictures $(COMPARE_OUT)/provenance.json docs/comparison/
+	cp -r $(COMPARE_OUT)/comparison.md $(COMPARE_OUT)/comparison.csv $(COMPARE_OUT)/comparison_per_seed.csv \
+		$(COMPARE_OUT)/curves.png $(COMPARE_OUT)/pictures $(COMPARE_OUT)/provenance.json docs/comparison/
 
 lint: install
 	$(PY) -m flake8 liverseg apps bundles tests

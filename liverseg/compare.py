@@ -1,19 +1,23 @@
-"""The comparison run: train each arm of ``configs/comparison.json`` with the same budget, seed and split, predict
+"""The comparison run: train each arm of ``configs/comparison.json`` with the same budget, seeds and split, predict
 the test cases, score them, and write the table, side-by-side pictures and training curves.
 
     liverseg compare [--config configs/comparison.json] [--dataset DIR] [--out DIR] [--arms unet aunet ...]
+                     [--seeds 0 1 2]
 
 Each arm is the bundle's ``train.json`` (+ the arm's override files and overrides, + the budget) run by
 ``python -m monai.bundle run`` in a child process, then ``inference.json`` with the same overrides on the test
-images, then :func:`liverseg.evaluation.evaluate_folder`. An arm that finished is not run again (``done.json``
+images, then :func:`liverseg.evaluation.evaluate_folder`; once per seed of ``seeds`` (every seed trains every arm from
+scratch on the same split, which the first seed draws). A run that finished is not run again (``done.json``
 records its spec; change the spec and it reruns), so an interrupted comparison resumes where it stopped. The
 bundle is copied into the output folder once, so every arm runs the same code and configs even if the working tree
 changes meanwhile.
 
-Outputs in ``--out``: ``comparison.md`` / ``comparison.csv`` / ``comparison.json`` (mean +- SD over test cases and
-global Dice per arm), ``curves.png`` (training loss and validation Dice per epoch), ``pictures/<case>.png``
-(CT, truth and each arm's prediction on the same axial slice), ``provenance.json``, and per arm
-``arms/<name>/{train,models,pred,eval}`` with the resolved configs, ``history.csv``, logs and per-case metrics.
+Outputs in ``--out``: ``comparison.md`` / ``comparison.csv`` / ``comparison.json`` (per arm: mean +- SD over the
+seeds of each seed's test-case mean, or over the test cases with one seed; global Dice), ``comparison_per_seed.csv``
+(every arm and seed: mean +- SD over the test cases), ``curves.png`` (training loss and validation Dice per epoch,
+every seed), ``pictures/<case>.png`` (CT, truth and each arm's prediction by the first seed on the same axial
+slice), ``provenance.json``, and per arm and seed ``arms/<name>/seed_<k>/{train,models,pred,eval}`` with the
+resolved configs, ``history.csv``, logs and per-case metrics.
 """
 
 from __future__ import annotations
@@ -91,6 +95,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
         arm.setdefault("overrides", {})
         arm.setdefault("group", "")
         arm.setdefault("label", name)
+    if "seed" in cfg and "seeds" in cfg:
+        raise InputError(path, "give either 'seeds' (a list) or 'seed', not both")
+    cfg["seeds"] = check_seeds(cfg.pop("seeds", [cfg.pop("seed", 0)]), path)
     ref = cfg.get("reference_arm")
     if ref is not None and ref not in names:
         raise InputError(path, f"reference_arm {ref!r} is not one of the arms {sorted(names)}")
@@ -102,18 +109,35 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def check_seeds(seeds: Any, source: str | Path) -> list[int]:
+    """``seeds`` as a list of distinct integers >= 0 (the seeds every arm is trained with).
+
+    Raises:
+        InputError: anything else (``source`` names where the seeds came from).
+    """
+    ok = (
+        isinstance(seeds, list) and seeds
+        and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in seeds)
+        and len(set(seeds)) == len(seeds)
+    )
+    if not ok:
+        raise InputError(source, f"'seeds' must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+    return list(seeds)
+
+
 def _resolve(p: str | Path, config_path: Path) -> Path:
     """A path of the config: absolute, else relative to the repository (where the shipped config lives)."""
     p = Path(p)
     return p if p.is_absolute() else (REPO / p)
 
 
-def arm_spec(arm: dict[str, Any], cfg: dict[str, Any], dataset: Path) -> dict[str, Any]:
-    """Everything an arm's result depends on (its ``done.json`` must match it to be reused)."""
+def arm_spec(arm: dict[str, Any], cfg: dict[str, Any], dataset: Path, seed: int) -> dict[str, Any]:
+    """Everything the result of an arm's run with ``seed`` depends on (its ``done.json`` must match to be reused)."""
     return {
         "arm": {k: arm[k] for k in ("name", "configs", "overrides")},
         "budget": cfg["budget"],
-        "seed": cfg.get("seed", 0),
+        "seed": seed,
+        "split_seed": cfg["seeds"][0],
         "dataset": str(dataset.resolve()),
         "split": {k: cfg.get(k) for k in ("test_folds", "test_fold")},
     }
@@ -208,48 +232,49 @@ def _run_logged(cmd: list[str], log: Path, cwd: Path, what: str) -> float:
     return time.perf_counter() - t
 
 
-def run_arm(arm: dict[str, Any], cfg: dict[str, Any], bundle: Path, dataset: Path, arm_dir: Path,
+def run_arm(arm: dict[str, Any], cfg: dict[str, Any], bundle: Path, dataset: Path, arm_dir: Path, seed: int,
             device: str | None = None) -> dict[str, Any]:
-    """Train, predict and evaluate one arm (skipped when ``arm_dir/done.json`` holds the same spec)."""
+    """Train with ``seed``, predict and evaluate one arm in ``arm_dir`` (skipped when ``arm_dir/done.json`` holds
+    the same spec)."""
     from liverseg.evaluation import evaluate_folder
 
-    spec = arm_spec(arm, cfg, dataset)
+    spec = arm_spec(arm, cfg, dataset, seed)
     done = arm_dir / "done.json"
     if done.is_file():
         try:
             previous = json.loads(done.read_text())
             if previous.get("spec_hash") == _spec_hash(spec):
-                logger.info("arm %s: already done (%s), reused", arm["name"], done)
+                logger.info("arm %s, seed %d: already done (%s), reused", arm["name"], seed, done)
                 return previous
         except (OSError, json.JSONDecodeError):
             pass
     if arm_dir.exists():
         shutil.rmtree(arm_dir)  # a partial or outdated run: start clean
-    overrides = {**cfg["budget"], **arm["overrides"], "seed": cfg.get("seed", 0), "dataset_dir": str(dataset)}
+    overrides = {**cfg["budget"], **arm["overrides"], "seed": seed, "dataset_dir": str(dataset)}
     if device:
         overrides["device"] = f"$torch.device({device!r})"
     py = [sys.executable, "-m", "monai.bundle", "run"]
     train_over = {**overrides, "output_dir": str(arm_dir / "train"), "ckpt_dir": str(arm_dir / "models")}
-    logger.info("arm %s: training (%s epochs); log %s", arm["name"], cfg["budget"].get("max_epochs"),
+    logger.info("arm %s, seed %d: training (%s epochs); log %s", arm["name"], seed, cfg["budget"].get("max_epochs"),
                 arm_dir / "train.log")
     train_s = _run_logged(py + _bundle_args(bundle, ["configs/train.json", *arm["configs"]], train_over),
-                          arm_dir / "train.log", bundle, f"training of arm {arm['name']}")
+                          arm_dir / "train.log", bundle, f"training of arm {arm['name']} (seed {seed})")
     if not (arm_dir / "models" / "model.pt").is_file():
         raise LiverSegError(f"arm {arm['name']}: training saved no checkpoint in {arm_dir / 'models'}")
     training_only = ("max_epochs", "val_interval", "lr_patience", "early_stop_patience", "num_folds", "fold",
                      "batch_size", "num_samples", "learning_rate")
     infer_over = {k: v for k, v in overrides.items() if k not in training_only}
     infer_over.update(output_dir=str(arm_dir / "pred"), ckpt_dir=str(arm_dir / "models"))
-    logger.info("arm %s: predicting the test cases", arm["name"])
+    logger.info("arm %s, seed %d: predicting the test cases", arm["name"], seed)
     infer_s = _run_logged(py + _bundle_args(bundle, ["configs/inference.json", *arm["configs"]], infer_over),
-                          arm_dir / "inference.log", bundle, f"inference of arm {arm['name']}")
+                          arm_dir / "inference.log", bundle, f"inference of arm {arm['name']} (seed {seed})")
     summary = evaluate_folder(arm_dir / "pred", dataset / "labelsTs", out_dir=arm_dir / "eval",
                               command=f"liverseg compare (arm {arm['name']})")
     if summary.get("errors"):
         raise LiverSegError(f"arm {arm['name']}: evaluation errors {summary['errors']}")
     history = _read_history(arm_dir / "train" / "history.csv")
     result = {
-        "name": arm["name"], "label": arm["label"], "group": arm["group"], "spec": spec,
+        "name": arm["name"], "label": arm["label"], "group": arm["group"], "seed": seed, "spec": spec,
         "spec_hash": _spec_hash(spec), "train_s": train_s, "infer_s": infer_s,
         "num_test_cases": summary["num_cases"], "parameters": _count_parameters(arm_dir / "models" / "model.pt"),
         "best_val": _best_val(history), "epochs_run": int(max((r["epoch"] for r in history), default=0)),
@@ -301,57 +326,102 @@ def _fmt_ms(stats: dict[str, Any], digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def collect(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per arm: its result plus the evaluation summary (``arms/<name>/eval/summary.json``)."""
+def _stats(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, SD (n-1) and count of the finite ``values``."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    return {"mean": float(arr.mean()) if arr.size else math.nan,
+            "sd": float(arr.std(ddof=1)) if arr.size > 1 else math.nan, "n": int(arr.size)}
+
+
+def _run_dir(out: Path, name: str, seed: int) -> Path:
+    return out / "arms" / name / f"seed_{seed}"
+
+
+def collect(out: Path, results: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per arm from its runs (``results``: per arm, one result per seed): the runs with their evaluation
+    summaries (``arms/<name>/seed_<k>/eval``) and the table's ``cells``. With one seed a cell is the mean +- SD over
+    the test cases; with several, the mean +- SD over the seeds of each seed's test-case mean (``over``)."""
     import csv
 
     rows = []
-    for r in results:
-        arm = out / "arms" / r["name"] / "eval"
-        summary = json.loads((arm / "summary.json").read_text())
-        with open(arm / "metrics_per_case.csv", newline="") as f:
-            cases = [c for c in csv.DictReader(f) if c.get("status") == "ok"]
-        # tumor Dice over the cases that have a tumor: a case without tumor in the truth and in the prediction
-        # counts as Dice 1 in the per-case mean, which says nothing about tumor segmentation
-        with_tumor = [float(c["tumor_dice"]) for c in cases if float(c["tumor_ref_voxels"] or 0) > 0]
-        arr = np.asarray(with_tumor, dtype=float)
-        tumor = {"mean": float(arr.mean()) if arr.size else math.nan,
-                 "sd": float(arr.std(ddof=1)) if arr.size > 1 else math.nan, "n": int(arr.size)}
-        rows.append({**r, "summary": summary, "tumor_dice_cases_with_tumor": tumor})
+    for runs in results:
+        scored = []
+        for r in runs:
+            ev = _run_dir(out, r["name"], r["seed"]) / "eval"
+            summary = json.loads((ev / "summary.json").read_text())
+            with open(ev / "metrics_per_case.csv", newline="") as f:
+                cases = [c for c in csv.DictReader(f) if c.get("status") == "ok"]
+            # tumor Dice over the cases that have a tumor: a case without tumor in the truth and in the prediction
+            # counts as Dice 1 in the per-case mean, which says nothing about tumor segmentation
+            tumor = _stats([float(c["tumor_dice"]) for c in cases if float(c["tumor_ref_voxels"] or 0) > 0])
+            scored.append({**r, "summary": summary, "tumor_dice_cases_with_tumor": tumor})
+        first = scored[0]
+        if len(scored) == 1:
+            cells = {k: first["summary"]["metrics"][k] for k in TABLE_METRICS}
+            cells["tumor_dice_cases_with_tumor"] = first["tumor_dice_cases_with_tumor"]
+        else:
+            cells = {k: _stats([s["summary"]["metrics"][k]["mean"] for s in scored]) for k in TABLE_METRICS}
+            cells["tumor_dice_cases_with_tumor"] = _stats([s["tumor_dice_cases_with_tumor"]["mean"] for s in scored])
+        for part in ("liver", "tumor"):
+            cells[f"{part}_global_dice"] = _stats([s["summary"]["global_dice"][part] for s in scored])
+        cells["best_val_mean_dice"] = _stats([(s.get("best_val") or {}).get("val_mean_dice") for s in scored])
+        cells["train_min"] = _stats([s["train_s"] / 60 for s in scored])
+        cells["infer_s_per_case"] = _stats([s["infer_s"] / max(s["num_test_cases"], 1) for s in scored])
+        rows.append({
+            "name": first["name"], "label": first["label"], "group": first["group"],
+            "parameters": first.get("parameters"), "seeds": [s["seed"] for s in scored],
+            "over": "test cases" if len(scored) == 1 else "seeds",
+            "cases_with_tumor": first["tumor_dice_cases_with_tumor"]["n"],
+            "cells": cells, "runs": scored,
+        })
     return rows
 
 
 def table_markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    seeds = info["seeds"]
+    several = len(seeds) > 1
+    if several:
+        how = (f"Every arm trained from scratch with each of the {len(seeds)} seeds {seeds}; a cell is the mean ± SD "
+               "(n-1) over the seeds of each seed's mean over the test cases (global Dice: pooled over all test "
+               "voxels, then over the seeds); per seed and case: `comparison_per_seed.csv`, "
+               "`arms/<arm>/seed_<k>/eval/metrics_per_case.csv`.")
+    else:
+        how = ("Mean ± SD over the test cases (SD with n-1), global Dice pooled over all test voxels; per case: "
+               f"`arms/<arm>/seed_{seeds[0]}/eval/metrics_per_case.csv`.")
     lines = [
         "# Comparison run", "",
         f"Dataset: `{info['dataset']}` ({len(info['split']['train'])} training cases, of which fold "
         f"{info['budget'].get('fold', 0)} of {info['budget'].get('num_folds')} validates; "
-        f"{len(info['split']['test'])} test cases from {info['split']['held_out_from']}). Seed {info['seed']}. "
+        f"{len(info['split']['test'])} test cases from {info['split']['held_out_from']}). "
+        f"Seed{'s' if several else ''} {', '.join(map(str, seeds))}. "
         f"Same budget for every arm: {json.dumps(info['budget'])}.",
         f"Command: `{info['command']}`; {info['machine']}; {info['date']}.", "",
-        "Mean ± SD over the test cases (SD with n-1), global Dice pooled over all test voxels. Each arm's best "
-        "checkpoint (by validation mean Dice) predicts the test cases in their own geometry.", "",
-        "| arm | group | liver Dice | tumor Dice (cases with tumor) | liver global Dice | tumor global Dice "
-        "| liver HD95 (mm) | liver ASSD (mm) | liver volume error (%) | lesion F1 | best validation Dice (epoch) "
-        "| parameters | training (min) | inference (s/case) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        how + " Each run's best checkpoint (by validation mean Dice) predicts the test cases in their own geometry.",
+        "",
+        "| arm | group | liver Dice |" + (" liver Dice per seed |" if several else "")
+        + " tumor Dice (cases with tumor) | liver global Dice | tumor global Dice | liver HD95 (mm) | liver ASSD (mm) "
+        "| liver volume error (%) | lesion F1 | best validation Dice | parameters | training (min) "
+        "| inference (s/case) |",
+        "|---" * (14 + several) + "|",
     ]
     for r in rows:
-        m, g = r["summary"]["metrics"], r["summary"]["global_dice"]
-        best = r.get("best_val") or {}
+        c = r["cells"]
+        best = r["runs"][0].get("best_val") or {}
+        best_cell = _fmt_ms(c["best_val_mean_dice"]) + ("" if several else f" (epoch {best.get('epoch', '-')})")
         params = f"{r['parameters'] / 1e6:.2f} M" if r.get("parameters") else "n/a"
+        per_seed = " / ".join(f"{s['summary']['metrics']['liver_dice']['mean']:.3f}" for s in r["runs"])
         lines.append(
-            f"| {r['label']} | {r['group']} | {_fmt_ms(m['liver_dice'])} | "
-            f"{_fmt_ms(r['tumor_dice_cases_with_tumor'])} (n={r['tumor_dice_cases_with_tumor']['n']}) | "
-            f"{g['liver']:.3f} | {g['tumor']:.3f} | {_fmt_ms(m['liver_hd95_mm'], 1)} | "
-            f"{_fmt_ms(m['liver_assd_mm'], 2)} | {_fmt_ms(m['liver_vol_err_pct'], 1)} | "
-            f"{_fmt_ms(m['lesion_f1'], 2)} | "
-            f"{best.get('val_mean_dice', math.nan):.3f} ({best.get('epoch', '-')}) | {params} | "
-            f"{r['train_s'] / 60:.1f} | {r['infer_s'] / max(r['num_test_cases'], 1):.1f} |"
+            f"| {r['label']} | {r['group']} | {_fmt_ms(c['liver_dice'])} |" + (f" {per_seed} |" if several else "")
+            + f" {_fmt_ms(c['tumor_dice_cases_with_tumor'])} (cases: {r['cases_with_tumor']}) | "
+            f"{_fmt_ms(c['liver_global_dice'])} | {_fmt_ms(c['tumor_global_dice'])} | "
+            f"{_fmt_ms(c['liver_hd95_mm'], 1)} | {_fmt_ms(c['liver_assd_mm'], 2)} | "
+            f"{_fmt_ms(c['liver_vol_err_pct'], 1)} | {_fmt_ms(c['lesion_f1'], 2)} | {best_cell} | {params} | "
+            f"{c['train_min']['mean']:.1f} | {c['infer_s_per_case']['mean']:.1f} |"
         )
-    lines += ["", "Pictures: `pictures/<case>.png` (CT, truth, each arm's prediction); curves: `curves.png`; per-case "
-              "figures: `arms/<arm>/eval/metrics_per_case.csv`. Training times were measured on a shared machine "
-              "and compare arms only roughly; inference time includes the process start and model loading."]
+    lines += ["", "Pictures: `pictures/<case>.png` (CT, truth, each arm's prediction by the first seed); curves: "
+              "`curves.png` (every seed). Training and inference times are means over the seeds, measured on a "
+              "machine that may have run other jobs meanwhile: they compare arms only roughly; inference time "
+              "includes the process start and model loading."]
     return "\n".join(lines) + "\n"
 
 
@@ -359,42 +429,60 @@ def write_tables(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) ->
     import csv
 
     (out / "comparison.md").write_text(table_markdown(rows, info))
+    cell_keys = (*TABLE_METRICS, "tumor_dice_cases_with_tumor", "liver_global_dice", "tumor_global_dice",
+                 "best_val_mean_dice", "train_min", "infer_s_per_case")
     with open(out / "comparison.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["arm", "group"] + [f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd")]
+        w.writerow(["arm", "group", "over", "seeds"] + [f"{k}_{s}" for k in cell_keys for s in ("mean", "sd")]
+                   + ["cases_with_tumor", "parameters"])
+        for r in rows:
+            w.writerow([r["name"], r["group"], r["over"], " ".join(map(str, r["seeds"]))]
+                       + [r["cells"][k][s] for k in cell_keys for s in ("mean", "sd")]
+                       + [r["cases_with_tumor"], r.get("parameters")])
+    with open(out / "comparison_per_seed.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arm", "group", "seed"] + [f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd")]
                    + ["tumor_dice_cases_with_tumor_mean", "tumor_dice_cases_with_tumor_sd", "cases_with_tumor"]
-                   + ["liver_global_dice", "tumor_global_dice", "best_val_mean_dice", "best_epoch", "parameters",
+                   + ["liver_global_dice", "tumor_global_dice", "best_val_mean_dice", "best_epoch", "epochs_run",
                       "train_s", "infer_s"])
         for r in rows:
-            m, g = r["summary"]["metrics"], r["summary"]["global_dice"]
-            best = r.get("best_val") or {}
-            t = r["tumor_dice_cases_with_tumor"]
-            w.writerow([r["name"], r["group"]] + [m[k][s] for k in TABLE_METRICS for s in ("mean", "sd")]
-                       + [t["mean"], t["sd"], t["n"]]
-                       + [g["liver"], g["tumor"], best.get("val_mean_dice"), best.get("epoch"), r.get("parameters"),
-                          round(r["train_s"], 1), round(r["infer_s"], 1)])
+            for s in r["runs"]:
+                m, g = s["summary"]["metrics"], s["summary"]["global_dice"]
+                best = s.get("best_val") or {}
+                t = s["tumor_dice_cases_with_tumor"]
+                w.writerow([r["name"], r["group"], s["seed"]] + [m[k][x] for k in TABLE_METRICS for x in ("mean", "sd")]
+                           + [t["mean"], t["sd"], t["n"]]
+                           + [g["liver"], g["tumor"], best.get("val_mean_dice"), best.get("epoch"), s["epochs_run"],
+                              round(s["train_s"], 1), round(s["infer_s"], 1)])
     (out / "comparison.json").write_text(json.dumps({"info": info, "arms": rows}, indent=2, default=str))
 
 
 def plot_curves(out: Path, rows: list[dict[str, Any]]) -> Path:
-    """``curves.png``: training loss, validation liver Dice and validation tumor Dice per epoch, one line per arm."""
+    """``curves.png``: training loss, validation liver Dice and validation tumor Dice per epoch, one line per arm
+    and seed (an arm's seeds share its colour)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, (ax_loss, ax_liver, ax_tumor) = plt.subplots(1, 3, figsize=(16, 4.5))
-    for r in rows:
-        hist = _read_history(out / "arms" / r["name"] / "train" / "history.csv")
+    for i, r in enumerate(rows):
         style = "-" if r["group"] == "network" else "--"
-        ep = [h["epoch"] for h in hist if "train_loss" in h]
-        ax_loss.plot(ep, [h["train_loss"] for h in hist if "train_loss" in h], style, label=r["label"])
-        for ax, key in ((ax_liver, "val_dice_per_class_liver"), (ax_tumor, "val_dice_per_class_tumor")):
-            val = [h for h in hist if key in h]
-            ax.plot([h["epoch"] for h in val], [h[key] for h in val], style + "o", ms=3, label=r["label"])
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss (mean per epoch)")
-    ax_liver.set(xlabel="epoch", ylabel="Dice", title="Validation Dice, liver", ylim=(0, 1))
-    ax_tumor.set(xlabel="epoch", ylabel="Dice", title="Validation Dice, tumor", ylim=(0, 1))
+        for j, run in enumerate(r["runs"]):
+            hist = _read_history(_run_dir(out, r["name"], run["seed"]) / "train" / "history.csv")
+            kw = {"color": colors[i % len(colors)], "alpha": 0.9 if j == 0 else 0.5, "lw": 1.2,
+                  "label": r["label"] if j == 0 else None}
+            ep = [h["epoch"] for h in hist if "train_loss" in h]
+            ax_loss.plot(ep, [h["train_loss"] for h in hist if "train_loss" in h], style, **kw)
+            for ax, key in ((ax_liver, "val_dice_per_class_liver"), (ax_tumor, "val_dice_per_class_tumor")):
+                val = [h for h in hist if key in h]
+                ax.plot([h["epoch"] for h in val], [h[key] for h in val], style + "o", ms=2.5, **kw)
+    several = any(len(r["runs"]) > 1 for r in rows)
+    note = " (one line per seed)" if several else ""
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss (mean per epoch)" + note)
+    ax_liver.set(xlabel="epoch", ylabel="Dice", title="Validation Dice, liver" + note, ylim=(0, 1))
+    ax_tumor.set(xlabel="epoch", ylabel="Dice", title="Validation Dice, tumor" + note, ylim=(0, 1))
     ax_liver.legend(fontsize=7, loc="lower right")
     for ax in (ax_loss, ax_liver, ax_tumor):
         ax.grid(alpha=0.3)
@@ -412,7 +500,8 @@ def _canonical(path: Path, dtype=np.float32) -> np.ndarray:
 
 
 def plot_pictures(out: Path, rows: list[dict[str, Any]], dataset: Path, cases: Sequence[str]) -> list[Path]:
-    """One PNG per test case: CT, truth and each arm's prediction on the axial slice with the most tumor (else liver).
+    """One PNG per test case: CT, truth and each arm's prediction (by its first seed) on the axial slice with the most
+    tumor (else liver).
 
     Slices are shown in radiological convention (patient's right on the left, anterior at the top), CT in the
     W400/C40 abdominal window; liver green, tumor red.
@@ -436,7 +525,8 @@ def plot_pictures(out: Path, rows: list[dict[str, Any]], dataset: Path, cases: S
         k = int(np.argmax(tumor)) if tumor.max() > 0 else int(np.argmax(liver))
         panels = [("CT", None), ("truth", truth)]
         for r in rows:
-            found = [p for p in (out / "arms" / r["name"] / "pred").glob(f"{case}*.nii.gz")
+            pred = _run_dir(out, r["name"], r["seeds"][0]) / "pred"
+            found = [p for p in pred.glob(f"{case}*.nii.gz")
                      if p.name in (f"{case}_0000_seg.nii.gz", f"{case}_seg.nii.gz", f"{case}.nii.gz")]
             panels.append((r["label"], _canonical(found[0], np.uint8) if found else None))
         fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0))
@@ -459,14 +549,17 @@ def plot_pictures(out: Path, rows: list[dict[str, Any]], dataset: Path, cases: S
 # ---------------------------------------------------------------------------------------------------------- driver
 def run_comparison(config: str | Path = DEFAULT_CONFIG, *, out: str | Path, dataset: str | Path | None = None,
                    arms: Sequence[str] | None = None, max_epochs: int | None = None, device: str | None = None,
-                   command: str | None = None) -> list[dict[str, Any]]:
-    """Run (or resume) the comparison of ``config`` into ``out``; returns one row per arm (result + summary)."""
+                   seeds: Sequence[int] | None = None, command: str | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) the comparison of ``config`` into ``out``, with the config's ``seeds`` unless ``seeds`` is
+    given; returns one row per arm (see :func:`collect`)."""
     config = Path(config)
     cfg = load_config(config)
     if max_epochs is not None:
         if max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
         cfg["budget"] = {**cfg["budget"], "max_epochs": int(max_epochs)}
+    if seeds is not None:
+        cfg["seeds"] = check_seeds(list(seeds), "--seeds")
     selected = cfg["arms"]
     if arms:
         unknown = set(arms) - {a["name"] for a in selected}
@@ -479,27 +572,32 @@ def run_comparison(config: str | Path = DEFAULT_CONFIG, *, out: str | Path, data
         raise InputError(dataset, "dataset folder not found")
     out = Path(out).resolve()  # the bundle runs with its own folder as working directory
     out.mkdir(parents=True, exist_ok=True)
+    # one split for all seeds (drawn by the first): the seeds vary the training only
     data_dir, split = prepare_split(dataset, out, int(cfg.get("test_folds", 5)), int(cfg.get("test_fold", 0)),
-                                    int(cfg.get("seed", 0)))
+                                    cfg["seeds"][0])
     bundle = out / "bundle"
     src = _resolve(cfg["bundle"], config)
     if not bundle.exists():  # one frozen copy for every arm of this output folder
         shutil.copytree(src, bundle, ignore=shutil.ignore_patterns("__pycache__", "models", "eval", "docs", "runs"))
     info = {
-        "config": str(config), "dataset": str(dataset), "split": split, "seed": cfg.get("seed", 0),
+        "config": str(config), "dataset": str(dataset), "split": split, "seeds": cfg["seeds"],
         "budget": cfg["budget"], "command": command or "liverseg compare",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         + ("GPU " + device if device and device.startswith("cuda") else "device: cuda if available else cpu"),
         "date": datetime.date.today().isoformat(), "versions": evaluation_versions(),
     }
     (out / "provenance.json").write_text(json.dumps({**info, "config_content": cfg}, indent=2))
-    results = []
-    for i, arm in enumerate(selected, 1):
-        t = time.perf_counter()
-        logger.info("[%d/%d] arm %s (%s)", i, len(selected), arm["name"], arm["label"])
-        results.append(run_arm(arm, cfg, bundle, data_dir, out / "arms" / arm["name"], device=device))
-        minutes = (time.perf_counter() - t) / 60
-        logger.info("[%d/%d] arm %s finished in %.1f min", i, len(selected), arm["name"], minutes)
+    results: list[list[dict[str, Any]]] = [[] for _ in selected]
+    total, done = len(selected) * len(cfg["seeds"]), 0
+    # seed by seed: an interrupted run already holds every arm of its first seeds
+    for seed in cfg["seeds"]:
+        for runs, arm in zip(results, selected):
+            t = time.perf_counter()
+            done += 1
+            logger.info("[%d/%d] arm %s (%s), seed %d", done, total, arm["name"], arm["label"], seed)
+            runs.append(run_arm(arm, cfg, bundle, data_dir, _run_dir(out, arm["name"], seed), seed, device=device))
+            logger.info("[%d/%d] arm %s, seed %d finished in %.1f min", done, total, arm["name"], seed,
+                        (time.perf_counter() - t) / 60)
     rows = collect(out, results)
     write_tables(out, rows, info)
     plot_curves(out, rows)
@@ -509,12 +607,12 @@ def run_comparison(config: str | Path = DEFAULT_CONFIG, *, out: str | Path, data
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    rows = run_comparison(args.config, out=args.out, dataset=args.dataset, arms=args.arms,
-                          max_epochs=args.max_epochs, device=args.device, command=" ".join(["liverseg", *sys.argv[1:]]))
+    rows = run_comparison(args.config, out=args.out, dataset=args.dataset, arms=args.arms, max_epochs=args.max_epochs,
+                          device=args.device, seeds=args.seeds, command=" ".join(["liverseg", *sys.argv[1:]]))
     for r in rows:
-        m = r["summary"]["metrics"]
-        print(f"{r['name']:28s} liver Dice {_fmt_ms(m['liver_dice'])}  tumor Dice (cases with tumor) "
-              f"{_fmt_ms(r['tumor_dice_cases_with_tumor'])}")
+        c = r["cells"]
+        print(f"{r['name']:28s} liver Dice {_fmt_ms(c['liver_dice'])}  tumor Dice (cases with tumor) "
+              f"{_fmt_ms(c['tumor_dice_cases_with_tumor'])}  (mean ± SD over {r['over']})")
     print(f"table: {Path(args.out) / 'comparison.md'}")
     return 0
 
@@ -527,6 +625,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=".cache/comparison", help="output folder; a rerun resumes (default: %(default)s)")
     p.add_argument("--arms", nargs="+", help="run only these arms (names from the config), in this order")
     p.add_argument("--max-epochs", type=int, help="override the budget's max_epochs (e.g. 2 for a smoke run)")
+    p.add_argument("--seeds", type=int, nargs="+", help="train every arm once per seed (default: the config's seeds)")
     p.add_argument("--device", help="torch device for training and inference, e.g. cuda:0 or cpu (default: cuda if "
                    "available)")
     p.set_defaults(func=_run_cli)

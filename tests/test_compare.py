@@ -38,6 +38,8 @@ def _config(tmp_path: Path, **changes) -> Path:
              "configs": ["configs/variants/unet.json"], "overrides": {"hu_min": -125, "hu_max": 125}},
         ],
     }  # fmt: skip
+    if "seeds" in changes and "seed" not in changes:
+        del cfg["seed"]
     cfg.update(changes)
     path = tmp_path / "comparison.json"
     path.write_text(json.dumps(cfg))
@@ -57,6 +59,7 @@ def test_shipped_config_declares_the_four_networks_and_the_ablations():
     assert windows and histeq
     assert all(a["configs"] == ref["configs"] for a in windows + histeq)
     assert set(cfg["budget"]) >= {"max_epochs", "roi_size", "pixdim", "num_folds", "fold"}
+    assert len(cfg["seeds"]) >= 3  # mean +- SD over training runs, not over one run's test cases only
 
 
 @pytest.mark.parametrize(
@@ -70,6 +73,12 @@ def test_shipped_config_declares_the_four_networks_and_the_ablations():
         ({"arms": [{"name": "a", "configs": ["configs/variants/nope.json"]}]}, "not found"),
         ({"arms": [{"name": "a", "configs": "configs/variants/unet.json"}]}, "must be a list"),
         ({"reference_arm": "other"}, "reference_arm"),
+        ({"seeds": []}, "seeds"),
+        ({"seeds": [0, 0]}, "distinct"),
+        ({"seeds": [1, -2]}, "seeds"),
+        ({"seeds": 3}, "seeds"),
+        ({"seeds": [0, True]}, "seeds"),
+        ({"seeds": [0, 1], "seed": 0}, "not both"),
     ],
 )
 def test_bad_configs_are_refused_with_the_reason(tmp_path, change, message):
@@ -152,7 +161,7 @@ def test_tiny_comparison_run_writes_table_curves_pictures_and_resumes(tiny_datas
     for r in csv_rows:
         assert 0.0 <= float(r["liver_dice_mean"]) <= 1.0 and int(r["parameters"]) > 0
     for name, hu in (("unet", -100), ("unet_w250", -125)):
-        arm = out / "arms" / name
+        arm = out / "arms" / name / "seed_0"
         resolved = json.loads((arm / "train" / "config_resolved.json").read_text())
         assert resolved["hu_min"] == hu and resolved["max_epochs"] == 2 and resolved["seed"] == 0
         with open(arm / "train" / "history.csv") as f:
@@ -165,14 +174,33 @@ def test_tiny_comparison_run_writes_table_curves_pictures_and_resumes(tiny_datas
     pictures = sorted(p.name for p in (out / "pictures").glob("*.png"))
     assert len(pictures) == 2
     # a rerun reuses finished arms (no retraining), a changed arm reruns
-    model = out / "arms" / "unet" / "models" / "model.pt"
+    model = out / "arms" / "unet" / "seed_0" / "models" / "model.pt"
     stamp = model.stat().st_mtime_ns
     run_comparison(config, out=out, dataset=tiny_dataset, arms=["unet"])
     assert model.stat().st_mtime_ns == stamp
     run_comparison(config, out=out, dataset=tiny_dataset, arms=["unet"], max_epochs=1)
     assert model.stat().st_mtime_ns != stamp
-    with open(out / "arms" / "unet" / "train" / "history.csv") as f:
+    with open(out / "arms" / "unet" / "seed_0" / "train" / "history.csv") as f:
         assert len(list(csv.DictReader(f))) == 1
+    # a second seed trains the arm again from scratch (seed 0 is reused); the table is then over the seeds
+    rows = run_comparison(config, out=out, dataset=tiny_dataset, arms=["unet"], max_epochs=1, seeds=[0, 1])
+    assert model.stat().st_mtime_ns != stamp  # (changed by the max_epochs=1 run above, not by this one)
+    assert rows[0]["seeds"] == [0, 1] and rows[0]["over"] == "seeds"
+    seed1 = out / "arms" / "unet" / "seed_1"
+    assert json.loads((seed1 / "train" / "config_resolved.json").read_text())["seed"] == 1
+    losses = []
+    for k in (0, 1):
+        with open(out / "arms" / "unet" / f"seed_{k}" / "train" / "history.csv") as f:
+            losses.append(float(next(csv.DictReader(f))["train_loss"]))
+    assert losses[0] != losses[1]  # different initial weights and patches
+    per_seed = [r["liver_dice"]["mean"] for r in (s["summary"]["metrics"] for s in rows[0]["runs"])]
+    cell = rows[0]["cells"]["liver_dice"]
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(sum(per_seed) / 2)
+    assert "liver Dice per seed" in (out / "comparison.md").read_text()
+    with open(out / "comparison_per_seed.csv") as f:
+        assert [(r["arm"], r["seed"]) for r in csv.DictReader(f)] == [("unet", "0"), ("unet", "1")]
+    with open(out / "comparison.csv") as f:
+        assert next(csv.DictReader(f))["over"] == "seeds"
 
 
 def test_unknown_arm_is_refused(tmp_path, tiny_dataset):
