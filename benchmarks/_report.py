@@ -9,6 +9,24 @@ from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Defines peak_rss_gb() in the code a benchmark runs in a child process (put it in the child's code as a value).
+# On Linux the child's getrusage() ru_maxrss starts from its parent's resident set at fork and keeps it across exec,
+# so a child started by a benchmark that holds a synthetic CT would report the parent's memory as its own peak;
+# VmHWM belongs to the child's own address space. Elsewhere ru_maxrss (bytes on macOS, KiB on other systems).
+PEAK_RSS_DEF = """
+def peak_rss_gb():
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        pass
+    import resource
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    return kib / 1024 ** 2
+"""
+
 
 def code_version() -> str:
     """``git`` commit of the repository and whether ``bundles/`` or ``apps/`` differ from it (read-only git calls)."""

@@ -25,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import PEAK_RSS_DEF  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "liver_ct_seg"
 PLAIN_UNET = {
@@ -78,7 +81,8 @@ def make_ct(path: Path, shape: tuple[int, int, int]) -> None:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+{peak_rss_def}
 sys.path.insert(0, {bundle!r})
 import torch
 torch.set_num_threads(int({threads}))
@@ -113,6 +117,8 @@ def timed_call(*a, **k):
 type(inferer).__call__ = lambda self, *a, **k: timed_call(*a, **k)
 wf.run()
 total = time.perf_counter() - t0
+# peak memory of the pipeline, before the FLOP count below (a forward pass with autograd on keeps its activations)
+peak = peak_rss_gb()
 net = wf.parser.get_parsed_content("network").eval()
 roi = wf.parser["roi_size"]
 x = torch.zeros(1, 1, *roi)
@@ -127,7 +133,7 @@ size = [max(s, r) for s, r in zip(shapes[0], roi)]
 windows = len(dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, [wf.parser["sw_overlap"]] * 3)))
 print(json.dumps({{"total_s": total, "net_s": net_time[0], "flops_per_window": flops_per_window,
     "windows": windows, "preprocessed_shape": shapes[0], "steps": steps,
-    "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024}}))
+    "peak_rss_gb": peak}}))
 """
 
 
@@ -147,6 +153,7 @@ def run_variant(name: str, image: Path, out: Path, threads: int, weights: bool, 
     code = CHILD.format(
         bundle=str(BUNDLE), threads=threads, configs=configs, meta=str(BUNDLE / "configs" / "metadata.json"),
         image=str(image), out=str(out / name), override=json.dumps(override), steps=bool(steps),
+        peak_rss_def=PEAK_RSS_DEF,
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     if res.returncode != 0:

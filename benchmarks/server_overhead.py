@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import code_version, load_average, without_note  # noqa: E402
+from _report import PEAK_RSS_DEF, code_version, load_average, without_note  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "liver_ct_seg"
@@ -85,7 +85,8 @@ def _run_child(code: str, threads: int, what: str, timeout: float = 3600) -> dic
 
 # the bundle's inference.json by monai.bundle, in a fresh process: one warm-up run, then `repeats` timed runs
 DIRECT_CHILD = r"""
-import glob, json, os, resource, sys, time
+import glob, json, os, sys, time
+{peak_rss_def}
 sys.path.insert(0, {bundle!r})
 import torch
 torch.set_num_threads({threads})
@@ -134,12 +135,13 @@ for i in range({warmup} + {repeats}):
                 evaluator.remove_event_handler(h, Events.STARTED)
 mask = sorted(glob.glob(os.path.join({out!r}, "*seg*")))
 print(json.dumps({{"warmup": runs[0], "runs": runs[{warmup}:], "mask": mask[0] if mask else None,
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}}))
+                  "peak_rss_gb": peak_rss_gb()}}))
 """
 
 # the app's inference task (what POST /infer runs inside the server), called in-process without HTTP
 APP_TASK_CHILD = r"""
-import json, os, resource, shutil, sys, time
+import json, os, shutil, sys, time
+{peak_rss_def}
 sys.path.insert(0, {app!r})
 import torch
 torch.set_num_threads({threads})
@@ -164,7 +166,7 @@ for i in range({warmup} + {repeats}):
     mask = {out!r}
     shutil.move(result_file, mask)
 print(json.dumps({{"warmup": runs[0], "runs": runs[{warmup}:], "latencies": latencies[{warmup}:], "mask": mask,
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}}))
+                  "peak_rss_gb": peak_rss_gb()}}))
 """
 
 
@@ -207,7 +209,7 @@ def run_direct(
     code = DIRECT_CHILD.format(
         bundle=str(bundle), threads=threads, config=str(bundle / "configs" / "inference.json"),
         meta=str(bundle / "configs" / "metadata.json"), image=str(image), out=str(out), repeats=repeats,
-        warmup=warmup,
+        warmup=warmup, peak_rss_def=PEAK_RSS_DEF,
     )
     return _run_child(code, threads, "direct bundle inference")
 
@@ -219,7 +221,7 @@ def run_app_task(
     code = APP_TASK_CHILD.format(
         app=str(APP), bundle=str(bundle), model_root=str(work / "model"), threads=threads, image=str(image),
         out=str(work / "app_task_seg.nii.gz"), repeats=repeats,
-        warmup=warmup,
+        warmup=warmup, peak_rss_def=PEAK_RSS_DEF,
     )
     return _run_child(code, threads, "app infer task")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import code_version, load_average, without_note  # noqa: E402
+from _report import PEAK_RSS_DEF, code_version, load_average, without_note  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "liver_ct_seg"
@@ -45,7 +45,8 @@ DEFAULT_SETTINGS = ((1.0, 0), (0.0, 0), (1.0, 2), (0.0, 2))
 NEVER = 10**6  # val_interval: validation never runs
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+{peak_rss_def}
 sys.path.insert(0, {bundle!r})
 import torch
 torch.set_num_threads({threads})
@@ -88,7 +89,7 @@ cache = getattr(dataset, "_cache", None) or []  # preprocessed cases (cache_rate
 shape = [int(s) for s in cache[0]["image"].shape[1:]] if cache and isinstance(cache[0], dict) else []
 print(json.dumps({{"cache_fill_s": cache_fill, "build_s": build, "run_s": run, "epochs": epochs,
                   "train_cases": len(dataset), "cached_shape": shape,
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}}))
+                  "peak_rss_gb": peak_rss_gb()}}))
 """
 
 
@@ -130,7 +131,7 @@ def run_setting(
     override.update(overrides or {})
     code = CHILD.format(
         bundle=str(bundle), threads=threads, config=str(bundle / "configs" / "train.json"),
-        meta=str(bundle / "configs" / "metadata.json"), override=json.dumps(override),
+        meta=str(bundle / "configs" / "metadata.json"), override=json.dumps(override), peak_rss_def=PEAK_RSS_DEF,
     )
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)

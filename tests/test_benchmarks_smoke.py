@@ -155,3 +155,21 @@ def test_inference_cpu_smoke(tmp_path):
     # the work counted (GFLOP/s x s) is at least one 96 x 96 x 64 window's 17 GFLOP: a counter that missed the
     # oneDNN convolutions of the CPU fast path would count almost nothing
     assert gflops * network > 10
+
+
+def test_child_peak_memory_is_its_own():
+    """The benchmarks' children report their own peak memory, not their parent's: on Linux ``ru_maxrss`` starts
+    from the parent's resident set at fork and keeps it across exec, so a benchmark holding a synthetic CT made every
+    child look as big as itself (2.26 GB for every variant in one run)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    report = _load("_report")
+    ballast = np.ones(50_000_000)  # 400 MB written in this (the parent) process
+    code = "import sys\n" + report.PEAK_RSS_DEF + "\nprint(peak_rss_gb())"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert ballast.sum() == 50_000_000
+    # a bare interpreter: tens of MB, far from the parent's 400 MB of ballast
+    assert 0 < float(res.stdout) < 0.2, res.stdout
