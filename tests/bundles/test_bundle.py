@@ -237,8 +237,17 @@ def test_inference_preprocessing_is_the_training_one():
 
 
 def test_multi_gpu_train_under_torchrun_on_cpu(phantom_dataset, tmp_path):
+    """Two gloo ranks train, rank 0 saves the model, and the config's finalize leaves no gloo thread running: with
+    its process group kept alive by DistributedDataParallel, gloo's threads ran into interpreter shutdown, where a
+    rank now and then aborted (SIGABRT) after a finished training (scripts.runtime.end_distributed)."""
+    # after the config's own finalize steps, each rank writes the names of its threads
+    finalize = json.loads((CONFIGS / "multi_gpu_train.json").read_text())["finalize"] + [
+        "$__import__('pathlib').Path(" + repr(str(tmp_path)) + ", 'threads_' + os.environ['RANK']).write_text("
+        "' '.join(__import__('pathlib').Path('/proc/self/task', t, 'comm').read_text().strip() "
+        "for t in os.listdir('/proc/self/task')))"
+    ]
     overrides = []
-    for k, v in {**TRAIN_SHRINK, "max_epochs": 1, "val_interval": 1}.items():
+    for k, v in {**TRAIN_SHRINK, "max_epochs": 1, "val_interval": 1, "finalize": finalize}.items():
         overrides += [f"--{k}", json.dumps(v)]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
@@ -251,6 +260,10 @@ def test_multi_gpu_train_under_torchrun_on_cpu(phantom_dataset, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     assert res.stdout.count("Epoch[1] Complete") + res.stderr.count("Epoch[1] Complete") >= 2
+    if sys.platform.startswith("linux"):  # thread names from /proc
+        for rank in ("0", "1"):
+            threads = (tmp_path / f"threads_{rank}").read_text().split()
+            assert "python" in threads and not any("gloo" in t for t in threads), (rank, threads)
 
 
 def test_report_2d_pipeline_trains_and_infers_slice_by_slice(phantom_dataset, tmp_path):

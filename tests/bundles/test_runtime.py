@@ -1,5 +1,6 @@
 # Copyright (c) the liverseg contributors. Licensed under the MIT License (see LICENSE).
-"""scripts.runtime.keep_freed_memory: repeated forward passes stop faulting in fresh pages for their activations."""
+"""scripts.runtime: keep_freed_memory (repeated forward passes stop faulting in fresh pages for their activations)
+and end_distributed without a process group (with one: tests/bundles/test_bundle.py, under torchrun)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,14 @@ def test_keep_freed_memory_spares_page_faults():
     assert kept["applied"] is True
     assert default["faults"] > 5_000  # tens of MB of 4 kB pages faulted in again on every pass
     assert kept["faults"] < 500
+
+
+def test_end_distributed_without_a_process_group_does_nothing():
+    import torch
+    import torch.distributed as dist
+
+    from scripts.runtime import end_distributed  # the bundle is on sys.path (tests.bundles.test_networks)
+
+    assert not dist.is_initialized()
+    end_distributed(None)
+    end_distributed(torch.nn.Linear(2, 2))
