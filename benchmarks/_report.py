@@ -9,23 +9,34 @@ from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Defines peak_rss_gb() in the code a benchmark runs in a child process (put it in the child's code as a value).
-# On Linux the child's getrusage() ru_maxrss starts from its parent's resident set at fork and keeps it across exec,
-# so a child started by a benchmark that holds a synthetic CT would report the parent's memory as its own peak;
-# VmHWM belongs to the child's own address space. Elsewhere ru_maxrss (bytes on macOS, KiB on other systems).
-PEAK_RSS_DEF = """
-def peak_rss_gb():
+# put on sys.path by the code a benchmark runs in a child process, which then imports peak_rss_gb from here
+CHILD_PATH = str(Path(__file__).resolve().parent)
+
+
+def vmhwm_gb(pid: int | str = "self") -> float | None:
+    """Peak resident set (``VmHWM``) of process ``pid`` in GB, from ``/proc``; None where there is no entry."""
     try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024 ** 2
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
     except OSError:
         pass
+    return None
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process in GB. ``VmHWM`` on Linux: ``getrusage()``'s ``ru_maxrss`` starts from
+    the parent's resident set at fork and keeps it across exec, so a child started by a benchmark that holds a
+    synthetic CT would report the parent's memory as its own peak. Elsewhere ``ru_maxrss`` (bytes on macOS, KiB on
+    other systems)."""
+    hwm = vmhwm_gb()
+    if hwm is not None:
+        return hwm
     import resource
+    import sys
+
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
-    return kib / 1024 ** 2
-"""
+    return kib / 1024**2
 
 
 def code_version() -> str:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import PEAK_RSS_DEF  # noqa: E402
+from _report import CHILD_PATH  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "liver_ct_seg"
@@ -82,7 +82,8 @@ def make_ct(path: Path, shape: tuple[int, int, int]) -> None:
 
 CHILD = r"""
 import json, sys, time
-{peak_rss_def}
+sys.path.insert(0, {benchmarks!r})
+from _report import peak_rss_gb
 sys.path.insert(0, {bundle!r})
 import torch
 torch.set_num_threads(int({threads}))
@@ -153,7 +154,7 @@ def run_variant(name: str, image: Path, out: Path, threads: int, weights: bool, 
     code = CHILD.format(
         bundle=str(BUNDLE), threads=threads, configs=configs, meta=str(BUNDLE / "configs" / "metadata.json"),
         image=str(image), out=str(out / name), override=json.dumps(override), steps=bool(steps),
-        peak_rss_def=PEAK_RSS_DEF,
+        benchmarks=CHILD_PATH,
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     if res.returncode != 0:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import PEAK_RSS_DEF, code_version, load_average, without_note  # noqa: E402
+from _report import CHILD_PATH, code_version, load_average, vmhwm_gb, without_note  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "liver_ct_seg"
@@ -86,7 +86,8 @@ def _run_child(code: str, threads: int, what: str, timeout: float = 3600) -> dic
 # the bundle's inference.json by monai.bundle, in a fresh process: one warm-up run, then `repeats` timed runs
 DIRECT_CHILD = r"""
 import glob, json, os, sys, time
-{peak_rss_def}
+sys.path.insert(0, {benchmarks!r})
+from _report import peak_rss_gb
 sys.path.insert(0, {bundle!r})
 import torch
 torch.set_num_threads({threads})
@@ -141,7 +142,8 @@ print(json.dumps({{"warmup": runs[0], "runs": runs[{warmup}:], "mask": mask[0] i
 # the app's inference task (what POST /infer runs inside the server), called in-process without HTTP
 APP_TASK_CHILD = r"""
 import json, os, shutil, sys, time
-{peak_rss_def}
+sys.path.insert(0, {benchmarks!r})
+from _report import peak_rss_gb
 sys.path.insert(0, {app!r})
 import torch
 torch.set_num_threads({threads})
@@ -209,7 +211,7 @@ def run_direct(
     code = DIRECT_CHILD.format(
         bundle=str(bundle), threads=threads, config=str(bundle / "configs" / "inference.json"),
         meta=str(bundle / "configs" / "metadata.json"), image=str(image), out=str(out), repeats=repeats,
-        warmup=warmup, peak_rss_def=PEAK_RSS_DEF,
+        warmup=warmup, benchmarks=CHILD_PATH,
     )
     return _run_child(code, threads, "direct bundle inference")
 
@@ -221,7 +223,7 @@ def run_app_task(
     code = APP_TASK_CHILD.format(
         app=str(APP), bundle=str(bundle), model_root=str(work / "model"), threads=threads, image=str(image),
         out=str(work / "app_task_seg.nii.gz"), repeats=repeats,
-        warmup=warmup, peak_rss_def=PEAK_RSS_DEF,
+        warmup=warmup, benchmarks=CHILD_PATH,
     )
     return _run_child(code, threads, "app infer task")
 
@@ -236,19 +238,11 @@ def _tree_peak_rss_gb(pid: int) -> float:
     """Largest peak resident set (VmHWM) among ``pid`` and its descendants (the monailabel server process)."""
     import psutil
 
-    best = 0.0
     try:
         procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return 0.0
-    for p in procs:
-        try:
-            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    best = max(best, int(line.split()[1]) / 1024**2)
-        except OSError:
-            continue
-    return best
+    return max((hwm for hwm in (vmhwm_gb(p.pid) for p in procs) if hwm is not None), default=0.0)
 
 
 def run_server(

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import PEAK_RSS_DEF, code_version, load_average, without_note  # noqa: E402
+from _report import CHILD_PATH, code_version, load_average, without_note  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "liver_ct_seg"
@@ -46,7 +46,8 @@ NEVER = 10**6  # val_interval: validation never runs
 
 CHILD = r"""
 import json, sys, time
-{peak_rss_def}
+sys.path.insert(0, {benchmarks!r})
+from _report import peak_rss_gb
 sys.path.insert(0, {bundle!r})
 import torch
 torch.set_num_threads({threads})
@@ -131,7 +132,7 @@ def run_setting(
     override.update(overrides or {})
     code = CHILD.format(
         bundle=str(bundle), threads=threads, config=str(bundle / "configs" / "train.json"),
-        meta=str(bundle / "configs" / "metadata.json"), override=json.dumps(override), peak_rss_def=PEAK_RSS_DEF,
+        meta=str(bundle / "configs" / "metadata.json"), override=json.dumps(override), benchmarks=CHILD_PATH,
     )
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)

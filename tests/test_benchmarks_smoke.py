@@ -168,7 +168,10 @@ def test_child_peak_memory_is_its_own():
 
     report = _load("_report")
     ballast = np.ones(50_000_000)  # 400 MB written in this (the parent) process
-    code = "import sys\n" + report.PEAK_RSS_DEF + "\nprint(peak_rss_gb())"
+    code = "\n".join([
+        "import sys", f"sys.path.insert(0, {report.CHILD_PATH!r})",
+        "from _report import peak_rss_gb", "print(peak_rss_gb())",
+    ])
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert ballast.sum() == 50_000_000
     # a bare interpreter: tens of MB, far from the parent's 400 MB of ballast
