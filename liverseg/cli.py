@@ -21,8 +21,10 @@ COMMAND_MODULES = (
     "liverseg.preview",
     "liverseg.windowing",
     "liverseg.evaluation",
+    "liverseg.realeval",
     "liverseg.compare",
     "liverseg.serve",
+    "liverseg.segment",
 )
 
 

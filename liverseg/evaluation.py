@@ -62,6 +62,7 @@ __all__ = [
     "equivalent_diameter_mm",
     "size_bin_names",
     "detection_scores",
+    "lesion_counts_by_size",
     "evaluate_case",
     "match_cases",
     "summarize",
@@ -359,6 +360,17 @@ def _lesion_detection(
     return counts, rows
 
 
+def lesion_counts_by_size(
+    lesions: Sequence[dict[str, Any]], lesion_size_bins_mm: Sequence[float] = DEFAULT_SIZE_BINS_MM
+) -> dict[str, dict[str, int]]:
+    """TP / FN / FP of one case's lesion rows (:func:`evaluate_case`'s ``lesions``) per size bin: TP and FN by the
+    reference lesion's size, FP by the predicted lesion's size, e.g. ``{"<10mm": {"tp": 0, "fn": 2, "fp": 1}, ...}``."""
+    out = {name: {"tp": 0, "fn": 0, "fp": 0} for name in size_bin_names(lesion_size_bins_mm)}
+    for les in lesions:
+        out[les["size_bin"]][les["status"].lower()] += 1
+    return out
+
+
 def evaluate_case(
     pred: np.ndarray,
     ref: np.ndarray,
@@ -384,7 +396,8 @@ def evaluate_case(
         ``{s}_assd_mm``, ``{s}_ref_ml``, ``{s}_pred_ml``, ``{s}_vol_err_ml``, ``{s}_vol_err_pct``, ``{s}_ref_voxels``,
         ``{s}_pred_voxels``, ``{s}_intersection_voxels``; lesion detection ``lesions_ref``, ``lesions_pred``,
         ``lesion_tp``, ``lesion_fn``, ``lesion_fp``, ``lesion_precision``, ``lesion_recall``, ``lesion_f1``;
-        ``failure`` (bool); ``spacing_mm``; ``notes`` (why a value is NaN); ``lesions`` (one dict per reference
+        ``lesion_by_size`` (:func:`lesion_counts_by_size`); ``failure`` (bool); ``spacing_mm``; ``notes`` (why a
+        value is NaN); ``lesions`` (one dict per reference
         lesion, TP or FN, and per FP predicted lesion: ``source``, ``lesion_id``, ``status``, ``num_voxels``,
         ``volume_ml``, ``diameter_mm``, ``size_bin``, ``overlap_fraction``, ``centroid_ijk``).
 
@@ -411,6 +424,7 @@ def evaluate_case(
     result.update(counts)
     p, r, f1 = detection_scores(counts["lesion_tp"], counts["lesion_fn"], counts["lesion_fp"])
     result.update({"lesion_precision": p, "lesion_recall": r, "lesion_f1": f1})
+    result["lesion_by_size"] = lesion_counts_by_size(lesions, edges)
     if math.isnan(p):
         notes.append("lesion precision undefined: no predicted lesion")
     if math.isnan(r):
@@ -700,6 +714,7 @@ def evaluate_folder(
     lesion_size_bins_mm: Sequence[float] = DEFAULT_SIZE_BINS_MM,
     lesion_match: str = "overlap",
     command: str | None = None,
+    case_results: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every prediction in ``pred_dir`` against the reference label of the same case in ``ref_dir``.
 
@@ -711,6 +726,9 @@ def evaluate_folder(
     with ``status=error``), ``metrics_per_lesion.csv`` (reference lesions TP/FN and FP predicted lesions),
     ``summary.json`` (see :func:`summarize`, plus ``errors``, ``missing_predictions``, ``unmatched_predictions``
     and ``conventions``), ``summary.md`` and ``provenance.json``.
+
+    ``case_results``, when given, is extended with the :func:`evaluate_case` result of each evaluated case (plus
+    its ``"case"`` id), for callers that need more than the summary.
 
     Returns:
         the summary dict as written to ``summary.json`` (NaN as ``float('nan')``).
@@ -779,6 +797,8 @@ def evaluate_folder(
     for name in unmatched:
         logger.warning("prediction %s matches no reference case", pred_dir / name)
 
+    if case_results is not None:
+        case_results.extend(ok_cases)
     summary = summarize(ok_cases, lesion_size_bins_mm=edges, failure_dice=threshold)
     summary.update(
         {

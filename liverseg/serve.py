@@ -22,8 +22,11 @@ download it from GitHub at start-up and stops when offline).
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -212,9 +215,64 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str]:
         if not (bundle / "configs" / "inference.json").is_file():
             raise LiverSegError(f"--bundle {bundle}: no configs/inference.json (expected bundles/liver_ct_seg)")
         conf.append(("bundle", str(bundle)))
+    configure_access(env, args.host, args.port, workdir, Path(args.app))
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{host_for_url}:{args.port}/"
     return server_command(app_dir, studies, args.host, args.port, conf), env, url
+
+
+def _load_app_security(app: Path):
+    """The app's ``lib/security.py`` (the server's access policy), loaded from its file."""
+    spec = importlib.util.spec_from_file_location("liverseg_app_security", app / "lib" / "security.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def configure_access(env: dict[str, str], host: str, port: int, workdir: Path, app: Path = DEFAULT_APP) -> None:
+    """Put the access settings of the app's server (``apps/liver/lib/security.py``) into ``env`` and check them.
+
+    - ``LIVERSEG_HOST`` / ``LIVERSEG_PORT``: what the server is bound to (its Host / Origin allowlists derive from it);
+    - ``MONAI_LABEL_CORS_ORIGINS``, which monailabel 0.8.5 cannot parse in the comma form people write, is moved to
+      ``LIVERSEG_ALLOWED_ORIGINS``;
+    - bound beyond loopback with no token configured: a random token is made once and kept in ``<workdir>/token``
+      (mode 0600), so the server never runs open to the network.
+
+    Raises:
+        LiverSegError: a setting the server would refuse (see ``AccessPolicy.from_env``).
+    """
+    env["LIVERSEG_HOST"], env["LIVERSEG_PORT"] = host, str(port)
+    cors = env.pop("MONAI_LABEL_CORS_ORIGINS", "").strip()
+    if cors:
+        items = json.loads(cors) if cors.startswith("[") else cors.split(",")
+        extra = [o.strip() for o in [env.get("LIVERSEG_ALLOWED_ORIGINS", ""), *items] if o and o.strip()]
+        env["LIVERSEG_ALLOWED_ORIGINS"] = ",".join(extra)
+    security = _load_app_security(app)
+    token_file = workdir / "token"
+    if (
+        not security.is_loopback(host)
+        and not env.get("LIVERSEG_TOKEN")
+        and not env.get("LIVERSEG_TOKENS_FILE")
+        and env.get("LIVERSEG_AUTH", "auto") != "off"
+    ):
+        if not token_file.is_file():
+            tmp = token_file.with_name(".token.part")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, token_file)
+        env["LIVERSEG_TOKEN"] = token_file.read_text().strip()
+        logger.warning(
+            "bound to %s: clients need the token in %s (header 'Authorization: Bearer <token>'; in 3D Slicer: user "
+            "admin, password <token>)", host, token_file,
+        )  # fmt: skip
+    try:
+        security.AccessPolicy.from_env(env, [])
+    except security.ConfigError as e:
+        raise LiverSegError(str(e)) from e
 
 
 def run_server(cmd: list[str], env: dict[str, str], url: str) -> int:

@@ -73,6 +73,30 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     return slice(lo, hi), slice(int(second[0]), int(second[-1]) + 1), slice(int(third[0]), int(third[-1]) + 1)
 
 
+def _max_diameter_mm(mask: np.ndarray, affine: np.ndarray) -> float:
+    """Longest 3D diameter of one lesion (``mask``: its bounding box): the largest world distance between two
+    voxel centres of its surface (found on their convex hull), plus the voxel's extent along that line."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    surface = mask & ~ndimage.binary_erosion(mask)
+    points = np.argwhere(surface).astype(float) @ affine[:3, :3].T
+    if len(points) > 4:
+        try:
+            points = points[ConvexHull(points).vertices]
+        except QhullError:  # flat lesions (one slice thick): every surface voxel is a candidate
+            pass
+    if len(points) > 3000:  # degenerate and large: the bounding box's corners bound the diameter
+        points = points[np.unique(np.concatenate([points.argmin(axis=0), points.argmax(axis=0)]))]
+    if len(points) < 2:
+        return float(np.abs(affine[:3, :3]).sum(axis=1).max()) if len(points) else 0.0
+    diff = points[:, None, :] - points[None, :, :]
+    dist = np.sqrt((diff**2).sum(axis=-1))
+    i, j = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    direction = diff[i, j] / dist[i, j]
+    voxel_extent = float(np.abs(np.linalg.solve(affine[:3, :3], direction)).max() ** -1)  # one voxel along it
+    return float(dist[i, j]) + voxel_extent
+
+
 def volumetry(label: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
     """Liver volume, tumor count, per-tumor volumes and tumor burden of a label volume.
 
@@ -88,7 +112,9 @@ def volumetry(label: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
         - ``liver_parenchyma_volume_ml``: label 1 only;
         - ``num_tumors``: number of 26-connected components of label 2;
         - ``tumors``: one entry per tumor, largest first: ``id`` (1-based, in that order), ``volume_ml``,
-          ``num_voxels``, ``centroid_mm`` (world coordinates of the tumor's centroid);
+          ``num_voxels``, ``centroid_mm`` (world coordinates of the tumor's centroid), ``diameter_mm`` (the
+          largest distance between two of its voxel centres, plus one voxel size along that line: the longest
+          3D diameter) and ``equivalent_diameter_mm`` (of the sphere of the same volume);
         - ``total_tumor_volume_ml``;
         - ``tumor_burden_percent``: total tumor volume / liver volume x 100 (``None`` when there is no liver);
         - ``voxel_volume_ml``, ``spacing_mm`` (voxel size along i, j, k).
@@ -115,13 +141,16 @@ def volumetry(label: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
         components, num = ndimage.label(sub, structure=np.ones((3, 3, 3), dtype=bool))
         sizes = np.bincount(components.ravel(), minlength=num + 1)[1:]
         centroids = ndimage.center_of_mass(sub, components, index=np.arange(1, num + 1))
-        for size, centroid in zip(sizes, centroids):
+        boxes = ndimage.find_objects(components)
+        for n, (size, centroid) in enumerate(zip(sizes, centroids), 1):
             world = a @ np.append(np.asarray(centroid, dtype=float) + offset, 1.0)
             tumors.append(
                 {
                     "volume_ml": round(float(size) * vox_ml, 4),
                     "num_voxels": int(size),
                     "centroid_mm": [round(float(v), 2) for v in world[:3]],
+                    "diameter_mm": round(_max_diameter_mm(components[boxes[n - 1]] == n, a), 2),
+                    "equivalent_diameter_mm": round(float((6.0 * size * vox_ml * 1000.0 / np.pi) ** (1 / 3)), 2),
                 }
             )
         tumors.sort(key=lambda t: -t["num_voxels"])

@@ -104,3 +104,18 @@ def test_nifti_voxel_order_gives_the_same_report():
     fortran = np.asfortranarray(lab)
     assert fortran.flags.f_contiguous and not fortran.flags.c_contiguous
     assert volumetry(fortran, LPS_2MM) == volumetry(lab, LPS_2MM)
+
+
+@pytest.mark.parametrize("affine", [np.diag([0.8, 0.8, 2.0, 1.0]), np.diag([-0.8, -0.8, 2.0, 1.0])], ids=["RAS", "LPS"])
+def test_lesion_diameters(affine):
+    """Longest 3D diameter: centre-to-centre distance plus one voxel along it; equivalent-sphere diameter."""
+    lab = np.ones((40, 40, 40), np.uint8)
+    i, j, k = np.indices(lab.shape)
+    lab[((i - 20) ** 2 + (j - 20) ** 2 + (k - 20) ** 2) <= 100] = 2  # 21 voxels across: 16.8 x 16.8 x 42 mm
+    lab[5, 5:15, 5] = 2  # a line of 10 voxels along j: 8 mm
+    lab[2, 2, 35] = 2  # one voxel: its longest extent, 2 mm
+    tumors = volumetry(lab, affine)["tumors"]
+    assert [t["diameter_mm"] for t in tumors] == pytest.approx([42.0, 8.0, 2.0])
+    assert tumors[0]["equivalent_diameter_mm"] == pytest.approx(
+        (6 * tumors[0]["num_voxels"] * 0.8 * 0.8 * 2.0 / np.pi) ** (1 / 3), abs=0.01
+    )

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from liverseg import LABELS
 from liverseg.dataset import read_dataset_json, write_case, write_dataset_json
-from liverseg.dicomio import read_dicom_series
+from liverseg.dicom import read_dicom_series
 from liverseg.errors import InputError
 
 __all__ = ["convert_dicom_seg", "read_dicom_seg", "segment_label_from_name", "parse_segment_map", "register_cli"]
@@ -213,7 +213,7 @@ def convert_dicom_seg(
     """Convert a CT series and its DICOM SEG to one nnU-Net case in ``out_root``.
 
     Args:
-        series_dir: folder (or file list) of the CT series, read with :func:`liverseg.dicomio.read_dicom_series`.
+        series_dir: folder (or file list) of the CT series, read with :func:`liverseg.dicom.read_dicom_series`.
         seg_file: the DICOM SEG (BINARY or FRACTIONAL) made on that CT.
         out_root: dataset folder; ``dataset.json`` is (re)written.
         case_id: the case id.

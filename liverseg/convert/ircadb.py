@@ -30,7 +30,7 @@ import numpy as np
 
 from liverseg import LABELS
 from liverseg.dataset import write_case, write_dataset_json
-from liverseg.dicomio import read_dicom_series, write_dicom_series
+from liverseg.dicom import read_dicom_series, write_dicom_series
 from liverseg.errors import InputError
 
 __all__ = ["write_ircadb_patient", "read_ircadb_patient", "convert_ircadb", "find_patients", "register_cli"]

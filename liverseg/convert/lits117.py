@@ -27,6 +27,7 @@ import hashlib
 import io
 import logging
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -49,7 +50,19 @@ WHEEL_SHA256 = "67ffa526d8500ce5e3d9f2c96c1690543d811d352d93d531301d35791b9d6bba
 PACKAGE_DATA_DIR = "liver_ct_segmentation_package/data"
 IMAGE_FILE = "img_117.mrc"
 LABEL_FILE = "lab_117.mrc"
-DEFAULT_CACHE_DIR = Path(".cache/wheels")
+
+
+def _default_cache_dir() -> Path:
+    """``<checkout>/.cache/wheels`` when liverseg runs from its source tree (editable install), else
+    ``$XDG_CACHE_HOME/liverseg/wheels`` (``~/.cache/liverseg/wheels``): never relative to the current folder."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "setup.cfg").is_file() and (checkout / "liverseg").is_dir():
+        return checkout / ".cache" / "wheels"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "liverseg" / "wheels"
+
+
+DEFAULT_CACHE_DIR = _default_cache_dir()
 DEFAULT_CASE_ID = "lits_117"
 DATASET_NAME = "LiTS117"
 

@@ -20,6 +20,7 @@ import requests
 from liverseg.dataset import write_case, write_dataset_json
 from liverseg.imageio import write_nifti
 from liverseg.phantom import generate_phantom
+from tests import procs
 from tests.conftest import BUNDLE, REPO
 
 APP = REPO / "apps" / "liver"
@@ -36,6 +37,9 @@ TRAIN_ARGS = [
 ]  # fmt: skip  (the recipe is pinned: the bundle's defaults may change)
 # served test cases (not in the training set): one RAS, one LPS, one more RAS left unlabelled
 CASES = {"case_ras": (500, "RAS"), "case_lps": (501, "LPS"), "case_extra": (502, "RAS")}
+# readiness is polled every 0.5 s, so a generous cap costs nothing on an idle machine; under load (other jobs on the
+# 2 cores) the server took more than the former 120 s to import and start
+SERVER_START_TIMEOUT = float(os.environ.get("LIVERSEG_TEST_SERVER_TIMEOUT", "900"))
 
 
 def free_port() -> int:
@@ -87,7 +91,7 @@ def test_bundle(tmp_path_factory) -> Path:
         out = root / "train_out"
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
         cmd += ["--dataset_dir", str(data), "--output_dir", str(out), "--ckpt_dir", str(out / "ckpt"), *TRAIN_ARGS]
-        res = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True, timeout=1800)
+        res = procs.run(cmd, cwd=bundle, timeout=1800)
         if res.returncode != 0 or not (out / "ckpt" / "model.pt").is_file():
             raise RuntimeError(f"training the test model failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
         cache.mkdir(parents=True, exist_ok=True)
@@ -119,23 +123,29 @@ class Server:
         self.studies, self.workdir, self.bundle, self.conf = studies, workdir, bundle, conf or []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.host = "127.0.0.1"  # what the server binds (tests of an exposed server set "0.0.0.0")
+        self.headers: dict[str, str] = {}  # sent with the readiness and liveness checks (a token when required)
+        self.env: dict[str, str] = {}  # extra environment of the server process
         self.proc: subprocess.Popen | None = None
         self.log = workdir / "serve.log"
 
-    def start(self, timeout: float = 120) -> Server:
+    def start(self, timeout: float = SERVER_START_TIMEOUT) -> Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "liverseg.serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "liverseg.serve", "--host", self.host, "--port", str(self.port)]
         cmd += ["--studies", str(self.studies), "--workdir", str(self.workdir), "--bundle", str(self.bundle)]
         for k, v in self.conf:
             cmd += ["--conf", k, v]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        env = dict(os.environ, PYTHONPATH=str(REPO), **self.env)
+        # its own process group: stop() ends the server and whatever it started (training, scoring)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
             try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                if requests.get(f"{self.url}/info/", headers=self.headers, timeout=5).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
@@ -144,17 +154,19 @@ class Server:
         raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log.read_text()[-4000:]}")
 
     def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            procs.kill_group(self.proc, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        procs.kill_group(self.proc)  # anything left: the server if it hung, a training or scoring child
+        return self.proc.wait()
 
     def alive(self) -> bool:
-        return requests.get(f"{self.url}/info/", timeout=10).status_code == 200
+        return requests.get(f"{self.url}/info/", headers=self.headers, timeout=10).status_code == 200
 
 
 @pytest.fixture(scope="session")

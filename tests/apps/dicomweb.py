@@ -112,7 +112,7 @@ class Orthanc:
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
 
-    def start(self, timeout: float = 30) -> Orthanc:
+    def start(self, timeout: float = 300) -> Orthanc:  # polled: a generous cap costs nothing when idle
         reason = missing_orthanc()
         if reason:
             raise RuntimeError(reason)
@@ -177,9 +177,9 @@ def write_study(
     study_description: str,
     series_description: str = "CT",
 ) -> tuple[list[Path], pydicom.Dataset]:
-    """Write ``image`` as a CT series (:func:`liverseg.dicomio.write_dicom_series`) with a patient name and a study
+    """Write ``image`` as a CT series (:func:`liverseg.dicom.write_dicom_series`) with a patient name and a study
     description (what OHIF's study list shows); returns the files and the first slice's header."""
-    from liverseg.dicomio import write_dicom_series
+    from liverseg.dicom import write_dicom_series
 
     files = write_dicom_series(out_dir, image, affine, patient_id=patient_id, series_description=series_description)
     for f in files:

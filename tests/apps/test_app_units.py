@@ -163,7 +163,7 @@ def test_truncated_gzip_rejected(tmp_path):
     f = write_nifti(tmp_path / "ok.nii.gz", noise, np.eye(4))
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
-    with pytest.raises(BadRequest, match="not a readable"):
+    with pytest.raises(BadRequest, match="truncated"):
         read_header(str(f))
 
 
@@ -232,7 +232,7 @@ def test_train_always_saves_weights(max_epochs, val_interval, expected):
     task._request = {"val_interval": val_interval}
     out = task._update_overrides({"train#trainer#max_epochs": max_epochs})
     assert out["val_interval"] == expected
-    assert out["ckpt_dir"] == os.path.join(str(BUNDLE), "models") and out["num_workers"] == 0
+    assert out["ckpt_dir"] == os.path.join(str(BUNDLE), "models", "staging") and out["num_workers"] == 0
 
 
 @pytest.mark.parametrize(
@@ -463,11 +463,13 @@ def proxy_client(monkeypatch):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     monkeypatch.setattr(settings, "MONAI_LABEL_STUDIES", f"http://127.0.0.1:{httpd.server_address[1]}/dicom-web")
     _Upstream.seen = []
+    monkeypatch.setenv("LIVERSEG_HOST", "127.0.0.1")  # the access policy of a loopback server (lib/security.py)
+    monkeypatch.setenv("LIVERSEG_PORT", "8000")
     app = FastAPI()
     app.include_router(monailabel_proxy.router)
     assert app_server.install_on(app, lambda: {}) and not app_server.install_on(app, lambda: {})
     try:
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1:8000") as client:
             yield client
     finally:
         httpd.shutdown()
@@ -570,7 +572,7 @@ def dicom_case(tmp_path_factory):
     """An LPS phantom as a DICOM series, its NIfTI as monailabel converts it, and a SEG of its truth."""
     from monailabel.datastore.utils.convert import dicom_to_nifti
 
-    from liverseg.dicomio import write_dicom_series
+    from liverseg.dicom import write_dicom_series
     from liverseg.phantom import generate_phantom
 
     root = tmp_path_factory.mktemp("dicom-case")

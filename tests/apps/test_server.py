@@ -43,7 +43,7 @@ def client(server):
 
 def test_info_lists_tasks(client):
     info = client.info()
-    assert list(info["models"]) == ["liver_ct_seg"]  # the unet variant has no weights: no infer task
+    assert list(info["models"]) == ["liver_ct_seg", "liver_scribbles"]  # the unet variant has no weights: no infer
     assert info["models"]["liver_ct_seg"]["labels"] == {"liver": 1, "tumor": 2}
     assert set(info["trainers"]) == {"liver_ct_seg", "liver_ct_seg_unet"}
     assert set(info["strategies"]) == {"random", "first", "epistemic"}
@@ -269,6 +269,6 @@ def test_labels_and_variant_survive_restart(server, client):
     objects = requests.get(f"{server.url}/datastore/?output=all").json()["objects"]
     assert "final" in objects["case_ras"]["labels"] and "final" in objects["case_lps"]["labels"]
     info = requests.get(f"{server.url}/info/").json()
-    assert set(info["models"]) == {"liver_ct_seg", "liver_ct_seg_unet"}
+    assert set(info["models"]) == {"liver_ct_seg", "liver_ct_seg_unet", "liver_scribbles"}
     r = requests.post(f"{server.url}/infer/liver_ct_seg_unet?image=case_extra&output=json")
     assert r.status_code == 200 and r.json()["variant"] == "unet"

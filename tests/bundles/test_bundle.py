@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests import procs
 from tests.conftest import BUNDLE, SCHEMA
 
 sys.path.insert(0, str(BUNDLE))
@@ -256,7 +256,7 @@ def test_multi_gpu_train_under_torchrun_on_cpu(phantom_dataset, tmp_path):
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "log"), *overrides,
     ]
     env = dict(os.environ, PYTHONPATH=str(BUNDLE), OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    res = procs.run(cmd, cwd=BUNDLE, env=env, timeout=1200)  # on a timeout, torchrun's workers are killed too
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     assert res.stdout.count("Epoch[1] Complete") + res.stderr.count("Epoch[1] Complete") >= 2

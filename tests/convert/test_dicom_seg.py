@@ -16,7 +16,7 @@ from pydicom.pixel_data_handlers.util import pack_bits
 
 from liverseg.convert.dicom_seg import convert_dicom_seg, parse_segment_map, register_cli, segment_label_from_name
 from liverseg.dataset import read_dataset_json
-from liverseg.dicomio import read_dicom_series
+from liverseg.dicom import read_dicom_series
 from liverseg.errors import InputError
 from liverseg.imageio import lps_to_ras, read_nifti
 from tests.conftest import resample_to

@@ -14,7 +14,7 @@ import pytest
 
 from liverseg.convert.ircadb import convert_ircadb, read_ircadb_patient, register_cli, write_ircadb_patient
 from liverseg.dataset import list_cases, read_dataset_json
-from liverseg.dicomio import write_dicom_series
+from liverseg.dicom import write_dicom_series
 from liverseg.errors import InputError
 from liverseg.imageio import read_nifti
 from tests.conftest import resample_to

@@ -18,12 +18,11 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from lib import atomic
 from monai.bundle import ConfigParser
 
 logger = logging.getLogger(__name__)
@@ -95,20 +94,18 @@ def _write_if_changed(path: Path, text: str) -> None:
     if path.exists() and path.read_text() == text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def _copy_if_changed(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (:mod:`lib.atomic`) unless the bytes are the same; the copy keeps the
+    source's modification time (the weights rule of :func:`prepare_bundle` compares them)."""
     if dst.exists() and dst.read_bytes() == src.read_bytes():
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+    atomic.copy_file(src, dst)
+    st = src.stat()
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def merged_config(source: Path, config_name: str, variant: str) -> dict:

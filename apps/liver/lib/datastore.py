@@ -12,23 +12,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import pathlib
 import tempfile
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
+from filelock import FileLock
+from lib import atomic
 from lib.validation import BadRequest, NotFound, check_id, check_label_file, read_header
 from monailabel.datastore.dicom import DICOMWebDatastore
-from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 logger = logging.getLogger(__name__)
 
 LABEL_VALUES = {0, 1, 2}
 SEGMENT_VALUES = {"liver": 1, "tumor": 2}  # DICOM SEG segment label (case-insensitive) -> label value
+# other names a person types for the same labels (OHIF codes every segment as "Tissue": only the name tells)
+SEGMENT_SYNONYMS = {"liver tumor": 2, "liver tumour": 2, "tumour": 2, "lesion": 2, "liver lesion": 2}
 ON_GRID_TOLERANCE = 0.05  # voxels: a SEG frame pixel this close to an image voxel centre lies on the image grid
 FINAL = DefaultLabelTag.FINAL.value
 
@@ -58,6 +64,121 @@ class _CheckedIds:
     def _has_image(self, image_id: str) -> bool:
         return bool(self.get_image_uri(image_id))
 
+    def get_dataset_archive(self, limit_cases: Optional[int]) -> str:
+        if limit_cases is not None and limit_cases < 1:
+            raise BadRequest(f"limit_cases={limit_cases}: must be at least 1")
+        if not any(d for d in self.datalist()):
+            raise NotFound("no labelled image in the datastore: nothing to put in a dataset archive")
+        return super().get_dataset_archive(limit_cases)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        check_id(label_id, "label id")
+        check_id(label_tag, "label tag")
+        if not self.get_label_uri(label_id, label_tag):
+            raise NotFound(f"no label {label_id!r} with tag {label_tag!r}")
+        super().update_label_info(label_id, label_tag, info)
+
+    # -- durable writes (lib.atomic): temp file in the same folder, fsync, rename --------------------------------
+    # monailabel 0.8.5 copies labels and images with shutil.copy and writes datastore_v2.json in place: a kill or a
+    # full disk during a save left a truncated label or an empty index (which then stopped the server's start).
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        """Write ``datastore_v2.json`` atomically (``lock=False``: the caller holds the datastore lock)."""
+
+        def write() -> None:
+            self._ignore_event_config = True
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            atomic.write_text(self._datastore_config_path, text, what="the datastore index")
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
+
+    def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
+        """Read ``datastore_v2.json``; an empty or broken one is set aside (``datastore_v2.json.broken``) with a
+        warning and the index is rebuilt from the images and labels on disk (label and image info is lost)."""
+        try:
+            super()._init_from_datastore_file(throw_exception=True)
+        except ValueError as e:  # pydantic's ValidationError (empty, truncated, not the schema), UnicodeDecodeError
+            self._set_broken_index_aside(e)
+
+    def _set_broken_index_aside(self, error: Exception) -> None:
+        path = self._datastore_config_path
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            return
+        self._config_ts = mtime  # not parsed again while it is unchanged
+        self._index_rebuilt = True
+        kept = ""
+        if not getattr(self, "_read_only", False):
+            with FileLock(self._lock_file):
+                if os.path.exists(path) and os.stat(path).st_mtime == mtime:  # not rewritten meanwhile
+                    kept = f"{path}.broken"
+                    atomic.rename(path, kept)
+        logger.warning(
+            "the datastore index %s is empty or broken (%s: %s); it is rebuilt from the images and labels on disk%s",
+            path, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "",
+            f" (the broken file is kept as {kept})" if kept else " (read-only datastore: in memory only)",
+        )  # fmt: skip
+
+    def _on_moved_event(self, event: Any) -> None:
+        """Watcher (auto reload): a file renamed into place, as every write is now. The index: reloaded unless this
+        process wrote it (monailabel's rule for modifications); an image or label: the datastore is refreshed."""
+        dest = os.fsdecode(getattr(event, "dest_path", "") or "")
+        if dest == self._datastore_config_path:
+            if self._ignore_event_config:
+                self._ignore_event_config = False
+                return
+            self._init_from_datastore_file()
+        elif dest and not atomic.is_temp(os.path.basename(dest)):
+            self._on_any_event(event)
+
+    def _remove_stale_temps(self) -> int:
+        """Temporary files of saves killed before their rename (under the datastore lock: no save is running)."""
+        folders = [self._datastore_path, self._datastore.image_path()]
+        labels = self._datastore.label_path(None)
+        if os.path.isdir(labels):
+            folders += [os.path.join(labels, t) for t in os.listdir(labels) if os.path.isdir(os.path.join(labels, t))]
+        with FileLock(self._lock_file):
+            return sum(atomic.remove_stale_temps(f) for f in dict.fromkeys(folders))
+
+    def _store_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        """:meth:`LocalDatastore.add_image` with an atomic copy: on any failure the datastore is as before."""
+        id_from_name, ext = self._to_id(os.path.basename(image_filename))
+        image_id = image_id or id_from_name
+        check_id(image_id, "image id")
+        name = self._filename(image_id, ext)
+        dest = os.path.join(self._datastore.image_path(), name)
+        logger.info("Adding image %s => %s", image_id, dest)
+        with FileLock(self._lock_file):
+            atomic.copy_file(image_filename, dest, what=f"the image {image_id!r}")
+            info = dict(image_info or {}, ts=int(time.time()), name=name)
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    def _store_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        """:meth:`LocalDatastore.save_label` with an atomic copy: a kill or a full disk leaves the previous label
+        (or none) complete; the index is updated after the label file is in place."""
+        obj = self._datastore.objects.get(image_id)
+        if not obj:
+            raise NotFound(f"image {image_id!r} is not in the datastore")
+        _, ext = self._to_id(os.path.basename(label_filename))
+        folder = self._datastore.label_path(label_tag)
+        name = self._filename(image_id, ext)
+        logger.info("Saving label %s (tag %s) => %s", image_id, label_tag, os.path.join(folder, name))
+        with FileLock(self._lock_file):
+            os.makedirs(folder, exist_ok=True)
+            atomic.copy_file(label_filename, os.path.join(folder, name), what=f"the {label_tag} label of {image_id!r}")
+            info = dict(label_info or {}, ts=int(time.time()), name=name)
+            obj.labels[label_tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file(lock=False)
+        return image_id
+
 
 class LiverDatastore(_CheckedIds, LocalDatastore):
     """:class:`LocalDatastore` that refuses, with a 4xx, what would escape the folder or poison training:
@@ -67,22 +188,57 @@ class LiverDatastore(_CheckedIds, LocalDatastore):
     - uploaded images that are not readable 3D NIfTI / NRRD volumes;
     - labels whose shape differs from their image's, or with values other than 0, 1, 2;
     - labels or removals for images that do not exist (404).
+
+    Every write is atomic and durable (:mod:`lib.atomic`): labels, images and the index ``datastore_v2.json`` go to
+    a temporary file in the same folder, are fsync-ed and renamed; a full disk answers 507 with the old file intact;
+    an empty or broken index is rebuilt from the files on disk at start, with a warning.
     """
 
+    def __init__(self, datastore_path: str, *args: Any, read_only: bool = False, **kwargs: Any):
+        self._read_only = read_only
+        self._index_rebuilt = False
+        super().__init__(datastore_path, *args, read_only=read_only, **kwargs)
+        self._remove_stale_temps()
+        if getattr(self, "_handler", None) is not None:  # auto reload: files now arrive by rename, not by writes
+            self._handler.on_moved = self._on_moved_event
+        if self._index_rebuilt and read_only:  # monailabel reconciles only writable datastores
+            self._add_non_existing_images()
+            labels = self._datastore.label_path(None)
+            for tag in sorted(t for t in os.listdir(labels) if os.path.isdir(os.path.join(labels, t))):
+                self._add_non_existing_labels(tag)
+
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
-        if image_id:
-            check_id(image_id, "image id")
-        read_header(image_filename, "image")
-        return super().add_image(image_id, image_filename, image_info)
+        with _removed_on_error(image_filename):
+            if image_id:
+                check_id(image_id, "image id")
+            read_header(image_filename, "image")
+            return self._store_image(image_id, image_filename, image_info)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
-        check_id(image_id, "image id")
-        check_id(label_tag, "label tag")
-        image_uri = self.get_image_uri(image_id)
-        if not image_uri:
-            raise NotFound(f"image {image_id!r} is not in the datastore")
-        check_label_file(label_filename, image_uri, LABEL_VALUES)
-        return super().save_label(image_id, label_filename, label_tag, label_info)
+        with _removed_on_error(label_filename):
+            check_id(image_id, "image id")
+            check_id(label_tag, "label tag")
+            image_uri = self.get_image_uri(image_id)
+            if not image_uri:
+                raise NotFound(f"image {image_id!r} is not in the datastore")
+            check_label_file(label_filename, image_uri, LABEL_VALUES)
+            return self._store_label(image_id, label_filename, label_tag, label_info)
+
+
+@contextlib.contextmanager
+def _removed_on_error(upload: str) -> Iterator[None]:
+    """Remove an uploaded temporary file when storing it fails: monailabel removes it only after a successful answer
+    (a refused upload stayed in the temporary folder for good)."""
+    try:
+        yield
+    except BaseException:
+        real = os.path.realpath(upload)
+        if real.startswith(os.path.realpath(tempfile.gettempdir()) + os.sep) and os.path.isfile(real):
+            try:
+                os.remove(real)
+            except OSError:
+                pass
+        raise
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -182,14 +338,17 @@ def label_to_image_grid(label_path: str, image_path: str, out_path: str) -> List
 def segment_values(segments: Dict[int, Any]) -> Dict[int, int]:
     """Label value of each segment number of a DICOM SEG (``segments``: number -> SegmentSequence item).
 
-    When every segment is named after an app label (``SegmentLabel`` ``liver`` or ``tumor``, any case), the names
-    decide; otherwise the segment numbers are the values (monailabel's convention), checked by the caller.
+    When every segment is named after an app label (``SegmentLabel`` ``liver`` or ``tumor``, any case, or a synonym
+    in :data:`SEGMENT_SYNONYMS` such as ``liver tumor``), the names decide (segment codes are not trusted: OHIF
+    codes every segment as "Tissue"); otherwise the segment numbers are the values (monailabel's convention), checked
+    by the caller.
     """
-    names = {int(n): str(getattr(s, "SegmentLabel", "")).strip().lower() for n, s in segments.items()}
-    if names and all(name in SEGMENT_VALUES for name in names.values()):
-        return {n: SEGMENT_VALUES[name] for n, name in names.items()}
+    known = {**SEGMENT_SYNONYMS, **SEGMENT_VALUES}
+    names = {int(n): " ".join(str(getattr(s, "SegmentLabel", "")).lower().split()) for n, s in segments.items()}
+    if names and all(name in known for name in names.values()):
+        return {n: known[name] for n, name in names.items()}
     if names:
-        unknown = sorted({name for name in names.values() if name not in SEGMENT_VALUES})
+        unknown = sorted({name for name in names.values() if name not in known})
         logger.warning("DICOM SEG segments %s are not named liver / tumor: segment numbers used as values", unknown)
     return {n: n for n in names}
 
@@ -336,8 +495,111 @@ def seg_label_info(values: Iterable[int], client_info: Optional[List[Dict[str, A
 
 
 # -------------------------------------------------------------------------------------------------------------------
+# several SEGs of one image: the newest wins
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def _dicom_date(value: Any) -> str:
+    """A DICOM DA (``YYYYMMDD``; the old ``YYYY.MM.DD`` too) as 8 digits, or ``""`` when absent or malformed."""
+    digits = "".join(ch for ch in str(value or "").strip() if ch.isdigit())
+    return digits if len(digits) == 8 else ""
+
+
+def _dicom_time(value: Any) -> str:
+    """A DICOM TM (``HH``, ``HHMM``, ``HHMMSS``, ``HHMMSS.FFFFFF``; the old ``HH:MM:SS`` too) as ``HHMMSSFFFFFF``
+    (missing parts are zero), or ``""`` when absent or malformed."""
+    text = str(value or "").strip().replace(":", "")
+    whole, _, fraction = text.partition(".")
+    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (fraction and not fraction.isdigit()):
+        return ""
+    return whole.ljust(6, "0") + fraction[:6].ljust(6, "0")
+
+
+def seg_recency(ds: Any) -> Tuple[str, str]:
+    """Sort key of a DICOM SEG (a pydicom dataset, or its DICOMweb metadata read with ``Dataset.from_json``): larger
+    is newer. ``SeriesDate`` + ``SeriesTime`` first, then ``InstanceCreationDate`` + ``InstanceCreationTime``; a
+    missing date sorts before every date (a time without its date is ignored). Times are compared as written (no
+    ``TimezoneOffsetFromUTC``: OHIF writes the browser's local clock without one)."""
+
+    def stamp(date_tag: str, time_tag: str) -> str:
+        date = _dicom_date(ds.get(date_tag, ""))
+        return date + (_dicom_time(ds.get(time_tag, "")) or "0" * 12) if date else ""
+
+    return stamp("SeriesDate", "SeriesTime"), stamp("InstanceCreationDate", "InstanceCreationTime")
+
+
+def newest_segs(segs: Iterable[Tuple[str, str, Any]]) -> Dict[str, str]:
+    """``{image series UID: SEG series UID}`` keeping, for every image, its newest SEG.
+
+    ``segs``: ``(image series UID, SEG series UID, SEG dataset or metadata)``, one or more per SEG series (one per
+    instance); a series is as new as its newest instance. Newest by :func:`seg_recency`; equal stamps: the larger SEG
+    series UID, so that the choice does not depend on the order in which the store lists its series. This is the only
+    place where the app chooses between SEGs: training's data list, scoring, "labeled" counts and label downloads all
+    go through it.
+    """
+    series_key: Dict[Tuple[str, str], Tuple[str, str]] = {}
+    for image_id, seg_id, ds in segs:
+        key = seg_recency(ds)
+        series_key[(image_id, seg_id)] = max(key, series_key.get((image_id, seg_id), key))
+    best: Dict[str, Tuple[Tuple[str, str], str]] = {}
+    for (image_id, seg_id), key in series_key.items():
+        if image_id not in best or (key, seg_id) > (best[image_id][0], best[image_id][1]):
+            best[image_id] = (key, seg_id)
+    chosen = {image_id: seg_id for image_id, (_, seg_id) in best.items()}
+    for image_id, seg_id in sorted(chosen.items()):
+        others = sorted(s for (i, s) in series_key if i == image_id and s != seg_id)
+        if others:
+            logger.info("image %s has %d SEGs: the newest, %s, is its label (%s)", image_id, len(others) + 1, seg_id,
+                        ", ".join(others))  # fmt: skip
+    return chosen
+
+
+# -------------------------------------------------------------------------------------------------------------------
 # DICOMweb
 # -------------------------------------------------------------------------------------------------------------------
+
+ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)  # WADO-RS: the instances as stored (compressed or not)
+
+
+def download_series_any_syntax(client: Any, series_uid: str, out_dir: str) -> List[str]:
+    """Download every instance of the series ``series_uid`` into ``out_dir`` in its stored transfer syntax (WADO-RS
+    with ``transfer-syntax=*``), all or nothing: the files go to a temporary sibling folder renamed at the end.
+
+    Raises:
+        NotFound: no such series in the store.
+    """
+    from pydicom.dataset import Dataset
+
+    found = [
+        s for s in client.search_for_series(search_filters={"SeriesInstanceUID": series_uid})
+        if s.get("0020000E", {}).get("Value") == [series_uid]
+    ]  # fmt: skip
+    if not found:
+        raise NotFound(f"series {series_uid!r} is not in the DICOMweb store")
+    study_uid = str(Dataset.from_json(found[0]).StudyInstanceUID)
+    start = time.time()
+    instances = client.retrieve_series(study_uid, series_uid, media_types=ANY_TRANSFER_SYNTAX)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", suffix=".part", dir=parent)
+    try:
+        names = []
+        for instance in instances:
+            name = f"{check_id(str(instance.SOPInstanceUID), 'SOP instance UID')}.dcm"
+            instance.save_as(os.path.join(tmp, name), write_like_original=False)
+            names.append(name)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # an empty folder left by an earlier failure (only an empty one is ever replaced)
+        os.replace(tmp, out_dir)
+    finally:
+        if os.path.isdir(tmp):
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    syntaxes = sorted({str(i.file_meta.TransferSyntaxUID) for i in instances if hasattr(i, "file_meta")})
+    logger.info("series %s: %d instances downloaded (transfer syntax %s) in %.1f s", series_uid, len(names),
+                ", ".join(syntaxes) or "?", time.time() - start)
+    return [os.path.join(out_dir, n) for n in names]
 
 
 class LiverDICOMwebDatastore(_CheckedIds, DICOMWebDatastore):
@@ -398,6 +660,39 @@ class LiverDICOMwebDatastore(_CheckedIds, DICOMWebDatastore):
     def _has_image(self, image_id: str) -> bool:
         return image_id in self._datastore.objects or image_id in self.list_images()
 
+    # -- images read from the store (DICOM parts: issue 17) ------------------------------------------------------
+    def get_image_uri(self, image_id: str) -> str:
+        """The local copy of the store's series ``image_id``: its DICOM folder, or (``convert_to_nifti``, the
+        default) a NIfTI of it. monailabel asked the store for Explicit VR Little Endian, which a store holding
+        JPEG 2000 / JPEG-LS / JPEG lossless / RLE series must transcode (Orthanc cannot for JPEG 2000: a 500); here
+        the instances come in their stored transfer syntax (``*``) and are decoded and checked locally by
+        :func:`liverseg.dicom.read_dicom_series` (missing / duplicate slices and the like answer 400)."""
+        check_id(image_id, "image id")
+        image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        if not os.path.isdir(image_dir) or not os.listdir(image_dir):
+            if self._fetch_by_frame:
+                from monailabel.datastore.utils.dicom import dicom_web_download_series
+
+                dicom_web_download_series(None, image_id, image_dir, self._client, self._fetch_by_frame)
+            else:
+                download_series_any_syntax(self._client, image_id, image_dir)
+        if not self._convert_to_nifti:
+            return image_dir
+        image_nii_gz = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
+        if not os.path.exists(image_nii_gz):
+            from liverseg.dicom import read_dicom_series
+            from liverseg.errors import InputError
+            from liverseg.imageio import write_nifti
+
+            try:
+                array, affine, _ = read_dicom_series(image_dir)
+            except InputError as e:
+                raise BadRequest(f"series {image_id}: {e.reason}") from e
+            with tempfile.TemporaryDirectory() as tmp:
+                converted = write_nifti(os.path.join(tmp, f"{image_id}.nii.gz"), array, affine)
+                LocalDatastore.add_image(self, image_id, str(converted), self._dicom_info(image_id))
+        return image_nii_gz
+
     # -- labels read from the store ------------------------------------------------------------------------------
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
         """The local label file. With ``image_id`` and the ``final`` tag, ``label_id`` is the store's SEG series for
@@ -429,36 +724,71 @@ class LiverDICOMwebDatastore(_CheckedIds, DICOMWebDatastore):
         logger.info("SEG %s of image %s put on the image grid (values %s)", label_id, image_id, values)
         return LocalDatastore.get_label_uri(self, image_id, FINAL)
 
-    def _store_labels(self) -> Dict[str, str]:
-        """``{image series: SEG series}`` of the store's SEGs referencing listed images (cached like the image list)."""
+    def _store_labels(self, refresh: bool = False) -> Dict[str, str]:
+        """``{image series: SEG series}``: for every listed image that the store's SEGs reference, its newest SEG
+        (:func:`newest_segs`). Cached like the image list (``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY``) unless
+        ``refresh``; a label saved through this server clears the cache."""
         from monailabel.config import settings
         from pydicom.dataset import Dataset
 
         ts, mapping = self._remote_labels
-        if time.time() - ts < float(settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY):
+        if not refresh and time.time() - ts < float(settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY):
             return mapping
         images = set(self.list_images())
-        mapping = {}
-        for found in self._client.search_for_series(search_filters={"Modality": "SEG"}):
-            seg = Dataset.from_json(found)
-            meta = Dataset.from_json(
-                self._client.retrieve_series_metadata(str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID))[0]
-            )
-            refs = meta.get("ReferencedSeriesSequence")
-            if refs and str(refs[0].SeriesInstanceUID) in images:
-                mapping[str(refs[0].SeriesInstanceUID)] = str(seg.SeriesInstanceUID)
+        found = []
+        for item in self._client.search_for_series(search_filters={"Modality": "SEG"}):
+            seg = Dataset.from_json(item)
+            seg_id = str(seg.SeriesInstanceUID)
+            for meta_json in self._client.retrieve_series_metadata(str(seg.StudyInstanceUID), seg_id):
+                meta = Dataset.from_json(meta_json)
+                refs = meta.get("ReferencedSeriesSequence")
+                if not refs:
+                    logger.warning("SEG %s ignored: it has no ReferencedSeriesSequence", seg_id)
+                elif str(refs[0].SeriesInstanceUID) not in images:
+                    logger.debug("SEG %s ignored: its image is not listed (search filter)", seg_id)
+                else:
+                    found.append((str(refs[0].SeriesInstanceUID), seg_id, meta))
+        mapping = newest_segs(found)
         self._remote_labels = (time.time(), mapping)
         return mapping
 
     def get_label_by_image_id(self, image_id: str, tag: str) -> str:
-        label_id = super().get_label_by_image_id(image_id, tag)
-        if label_id or tag != FINAL or not self._convert_to_nifti:
-            return label_id
+        """With the ``final`` tag: the image's newest SEG in the store (put on the image grid in the local cache when
+        the cache holds another), else a local label, else ``""``."""
+        if tag != FINAL or not self._convert_to_nifti:
+            return super().get_label_by_image_id(image_id, tag)
         seg_id = self._store_labels().get(image_id)
         if not seg_id:
-            return ""
+            return super().get_label_by_image_id(image_id, tag)
         self.get_label_uri(seg_id, FINAL, image_id)
         return image_id
+
+    def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        """Images with a ``final`` label: one entry per image however many SEGs reference it (monailabel counted
+        every SEG: "Annotated 200 %" after two saves). Other tags: the local cache's labels."""
+        if label_tag not in (None, FINAL) or not self._convert_to_nifti:
+            return LocalDatastore.get_labeled_images(self, label_tag, labels)
+        return sorted(self._store_labels())
+
+    def get_unlabeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        labeled = set(self.get_labeled_images(label_tag, labels))
+        return [i for i in self.list_images() if i not in labeled]
+
+    def _download_labeled_data(self) -> None:
+        """Before a data list (training): the store's SEGs read afresh, each image's newest SEG in the local cache
+        on the image grid, and local ``final`` labels whose image has no SEG in the store any more dropped."""
+        if not self._convert_to_nifti:
+            return super()._download_labeled_data()
+        chosen = self._store_labels(refresh=True)
+        gone = sorted(set(LocalDatastore.get_labeled_images(self, FINAL)) - set(chosen))
+        for image_id in gone:
+            logger.info("final label of %s: no SEG in the store any more; removed from the local cache", image_id)
+            LocalDatastore.remove_label(self, image_id, FINAL)
+        if gone:
+            self.refresh()
+        for image_id, seg_id in sorted(chosen.items()):
+            self.get_image_uri(image_id)
+            self.get_label_uri(seg_id, FINAL, image_id)
 
     # -- labels saved by clients ---------------------------------------------------------------------------------
     def save_label(
@@ -487,4 +817,8 @@ class LiverDICOMwebDatastore(_CheckedIds, DICOMWebDatastore):
                 if not set(values) - {0}:
                     raise BadRequest("the final label is empty (background only): there is nothing to store as SEG")
                 label_info["label_info"] = seg_label_info(values, label_info.get("label_info"))
-            return super().save_label(image_id, on_grid, label_tag, label_info)
+            try:
+                return super().save_label(image_id, on_grid, label_tag, label_info)
+            finally:
+                if label_tag == FINAL:
+                    self._remote_labels = (0.0, {})  # the new SEG is the newest: read the store again next time

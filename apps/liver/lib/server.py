@@ -29,7 +29,8 @@ from urllib.parse import quote
 
 import requests
 from fastapi import Depends, Request
-from lib.validation import BadRequest, NotFound
+from lib import docs_page, model_store, ohif, security, workers
+from lib.validation import BadRequest, InsufficientStorage, NotFound
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.exception import (
     ImageNotFoundException,
@@ -55,6 +56,8 @@ def _status_of(exc: Exception) -> int:
         return 404
     if isinstance(exc, BadRequest):
         return 400
+    if isinstance(exc, InsufficientStorage):
+        return 507
     if isinstance(exc, MONAILabelException) and exc.error == MONAILabelError.INVALID_INPUT:
         return 400
     if isinstance(exc, json.JSONDecodeError):
@@ -76,6 +79,8 @@ class NameCheckMiddleware:
             if self.prefix and path.startswith(self.prefix):
                 path = path[len(self.prefix) :]
             parts = [p for p in path.split("/") if p]
+            if parts[:2] == ["batch", "infer"]:  # /batch/infer/<model>
+                parts = ["infer", *parts[2:]]
             if len(parts) == 2:
                 known = self.names().get(parts[0])
                 if known is not None and parts[1] not in known:
@@ -222,17 +227,19 @@ def install_proxy(fastapi_app: Any, api_prefix: str = "") -> int:
     return len(added)
 
 
-def install(names: Callable[[], Dict[str, list]]) -> bool:
+def install(names: Callable[[], Dict[str, list]], checks: Optional[Dict[Tuple[str, str], Callable]] = None) -> bool:
     """Install the handlers, the middleware and the DICOMweb proxy on the running server; ``False`` outside a server
     process (or when already installed)."""
     module = sys.modules.get("monailabel.app")
     fastapi_app = getattr(module, "app", None) if module else None
     if fastapi_app is None:
         return False
-    return install_on(fastapi_app, names)
+    return install_on(fastapi_app, names, checks)
 
 
-def install_on(fastapi_app: Any, names: Callable[[], Dict[str, list]]) -> bool:
+def install_on(
+    fastapi_app: Any, names: Callable[[], Dict[str, list]], checks: Optional[Dict[Tuple[str, str], Callable]] = None
+) -> bool:
     """:func:`install` on a given FastAPI app (monailabel's, or a test's); ``False`` when already installed."""
     if getattr(fastapi_app, "_liverseg_installed", False):
         return False
@@ -249,12 +256,23 @@ def install_on(fastapi_app: Any, names: Callable[[], Dict[str, list]]) -> bool:
             logger.error("request %s failed: %s", request.url.path, msg)
         return JSONResponse({"detail": msg}, status_code=status)
 
+    async def busy_handler(request, exc):
+        return JSONResponse({"detail": exc.msg}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
+
     for exc_class in (MONAILabelException, json.JSONDecodeError):
         fastapi_app.exception_handlers[exc_class] = handler
-    fastapi_app.user_middleware.insert(
-        0, Middleware(NameCheckMiddleware, names=names, prefix=settings.MONAI_LABEL_API_STR or "")
-    )
-    install_proxy(fastapi_app, settings.MONAI_LABEL_API_STR or "")
+    fastapi_app.exception_handlers[workers.Busy] = busy_handler
+    prefix = settings.MONAI_LABEL_API_STR or ""
+    fastapi_app.user_middleware.insert(0, Middleware(NameCheckMiddleware, names=names, prefix=prefix))
+    install_proxy(fastapi_app, prefix)
+    ohif.install_ohif_config(fastapi_app, prefix)  # GET /ohif/app-config.js: save to DICOMweb from OHIF (lib/ohif.py)
+    docs_page.install_docs(fastapi_app, prefix)  # GET /: offline API docs; /ohif/ in NIfTI mode: PACS-mode guide
+    model_store.install_model_routes(fastapi_app, prefix)  # checked, atomic PUT/DELETE /model/{model}
+    # the access checks go outermost; a setting they cannot use stops the start (ConfigError)
+    security.install(fastapi_app, security.AccessPolicy.from_env(), prefix)
+    workers.remove_unsupported_routes(fastapi_app, prefix)
+    workers.install_gpu_log_route(fastapi_app, prefix)
+    workers.offload_endpoints(fastapi_app, prefix, checks=checks)
     fastapi_app.middleware_stack = None  # rebuilt with the handlers and middleware on the next request
     fastapi_app._liverseg_installed = True
     logger.info("liver app: 4xx validation and the query-forwarding DICOMweb proxy installed on the server")

@@ -7,6 +7,8 @@ import os
 import random
 from typing import Any, Dict
 
+from lib import atomic
+from lib.model_store import bundle_network, install_weights, last_good_weights
 from lib.validation import BadRequest
 from monailabel.config import settings
 from monailabel.interfaces.datastore import Datastore
@@ -18,11 +20,15 @@ logger = logging.getLogger(__name__)
 class LiverSegTrainTask(BundleTrainTask):
     """:class:`BundleTrainTask` on a runtime bundle copy, fixed for monailabel 0.8.5 + monai 1.6.1 and small data.
 
-    - Writes the best-validation weights of the run to ``<runtime bundle>/models/model.pt`` (the bundle's
-      ``CheckpointSaver`` with ``ckpt_dir`` set there), the file the infer task serves: ``BasicInferTask`` reloads a
-      network when the file's modification time changes, so the next inference uses the new weights without a
-      restart. The first validation of a run always saves, so a run replaces the previous weights even if its
-      validation Dice is lower (validate on held-out data before relying on it).
+    - The bundle's ``CheckpointSaver`` writes the run's best-validation weights to a staging folder,
+      ``<runtime bundle>/models/staging/model.pt`` (``ckpt_dir``); when the run ends they are checked against the
+      network and installed atomically as ``<runtime bundle>/models/model.pt``, the file the infer task serves, the
+      previous weights kept as ``model.pt.prev`` (:func:`lib.model_store.install_weights`). A kill during training
+      or during the installation leaves the served weights old or new, never partial. ``BasicInferTask`` reloads a
+      network when the file changes, so the next inference uses the new weights without a restart. The first
+      validation of a run always saves, so a run replaces the previous weights even if its validation Dice is lower
+      (validate on held-out data before relying on it).
+    - Fine-tuning starts from the served weights, or from ``model.pt.prev`` when ``model.pt`` does not load.
     - Tracking off unless the request asks for MLflow with an ``sqlite:`` tracking URI (monai 1.6.1 rejects the
       file store monailabel configures by default).
     - Validation split: at least one validation case and one training case (with a single labelled image it is used
@@ -77,6 +83,9 @@ class LiverSegTrainTask(BundleTrainTask):
         would silently train from scratch. The switch is set in :meth:`_update_overrides` instead.
         """
         use = bool(pretrained) and bool(model_pytorch) and os.path.exists(model_pytorch)
+        if use and last_good_weights(model_pytorch) and not _loads(model_pytorch):
+            logger.warning("%s does not load: fine-tuning from the last good weights", model_pytorch)
+            model_pytorch = last_good_weights(model_pytorch)
         self._pretrained_path = model_pytorch if use else ""
         if use and self.bundle_config.get("pretrained_checkpoint") is None:
             super()._load_checkpoint(model_pytorch, pretrained, train_handlers)
@@ -94,7 +103,36 @@ class LiverSegTrainTask(BundleTrainTask):
         if not request.get("run_id"):  # the train config advertises run_id "" (clients send it back)
             request["run_id"] = "run"
         self._request = request
-        return super().__call__(request, datastore)
+        staged = os.path.join(self.staging_dir, os.path.basename(self.served_weights))
+        if os.path.exists(staged):  # left by a run that was killed: not this run's weights
+            os.unlink(staged)
+        out = super().__call__(request, datastore)
+        if os.path.isfile(staged):
+            self.publish(staged)
+        return out
+
+    @property
+    def served_weights(self) -> str:
+        return os.path.join(self.bundle_path, "models", "model.pt")
+
+    @property
+    def staging_dir(self) -> str:
+        return os.path.join(self.bundle_path, "models", "staging")
+
+    def publish(self, staged: str) -> Dict[str, Any]:
+        """Install the run's weights ``staged`` as the served ones (checked, atomic, previous kept); the staged file
+        is removed. Weights that fail the check raise (the run fails, the served weights stay)."""
+        try:
+            info = install_weights(staged, self.served_weights, bundle_network(self.bundle_path))
+        except Exception:
+            logger.error("the trained weights %s were not installed; the served weights are unchanged", staged)
+            raise
+        finally:
+            if os.path.exists(staged):
+                os.unlink(staged)
+            atomic.remove_stale_temps(self.staging_dir)
+        logger.info("trained weights installed as %s (previous: %s)", self.served_weights, info["previous"])
+        return info
 
     def _update_overrides(self, overrides):
         request = getattr(self, "_request", {})
@@ -102,7 +140,7 @@ class LiverSegTrainTask(BundleTrainTask):
         val_interval = int(request.get("val_interval", self.bundle_config.get("val_interval", 1)))
         overrides["val_interval"] = max(1, min(val_interval, max_epochs))
         overrides["num_workers"] = int(request.get("num_workers", 0))
-        overrides["ckpt_dir"] = os.path.join(self.bundle_path, "models")
+        overrides["ckpt_dir"] = self.staging_dir
         overrides["output_dir"] = os.path.join(self.bundle_path, "eval")
         if self.bundle_config.get("pretrained_checkpoint") is not None:
             overrides["pretrained_checkpoint"] = getattr(self, "_pretrained_path", "")
@@ -112,3 +150,14 @@ class LiverSegTrainTask(BundleTrainTask):
             if key in request:
                 overrides[key] = request[key]
         return overrides
+
+
+def _loads(path: str) -> bool:
+    """Whether ``path`` reads with ``torch.load(weights_only=True)`` (a truncated file does not)."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except Exception:
+        return False

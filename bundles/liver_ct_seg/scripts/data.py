@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from glob import glob
 
+logger = logging.getLogger(__name__)
+
 IMAGE_SUFFIX = "_0000.nii.gz"
+
+
+def list_images(dataset_dir: str, split: str = "Ts") -> list[str]:
+    """The ``images{split}/*_0000.nii.gz`` files of ``dataset_dir``, sorted; ``ValueError`` when there is none."""
+    if split not in ("Tr", "Ts"):
+        raise ValueError(f"unknown split {split!r}; valid: 'Tr', 'Ts'")
+    if not os.path.isdir(dataset_dir):
+        raise ValueError(
+            f"dataset_dir {dataset_dir!r} is not a folder: pass --dataset_dir with a dataset in nnU-Net raw layout "
+            f"(images{split}/<case>{IMAGE_SUFFIX}; `liverseg convert` writes one)"
+        )
+    images = sorted(glob(os.path.join(dataset_dir, f"images{split}", f"*{IMAGE_SUFFIX}")))
+    if not images:
+        raise ValueError(f"no images found in {os.path.join(dataset_dir, 'images' + split)} (expected *{IMAGE_SUFFIX})")
+    return images
+
+
+def list_inputs(dataset_dir: str) -> list[str]:
+    """The default inference inputs: every ``imagesTs/*.nii.gz`` of ``dataset_dir``, sorted; an empty list (and a
+    warning) when there is none, so that a config with the placeholder ``dataset_dir`` still parses."""
+    files = sorted(glob(os.path.join(dataset_dir, "imagesTs", "*.nii.gz")))
+    if not files:
+        logger.warning("no images in %s: pass --input_files or --dataset_dir", os.path.join(dataset_dir, "imagesTs"))
+    return files
+
+
+def require_inputs(input_files: list[str]) -> None:
+    """``ValueError`` when inference was given nothing to segment (a run that would silently do nothing)."""
+    if not input_files:
+        raise ValueError(
+            "no input images: pass --input_files \"['/path/ct.nii.gz']\" or --dataset_dir with an imagesTs folder"
+        )
 
 
 def load_datalist(dataset_dir: str, split: str = "Tr", require_labels: bool = True) -> list[dict[str, str]]:
@@ -14,11 +49,7 @@ def load_datalist(dataset_dir: str, split: str = "Tr", require_labels: bool = Tr
 
     Raises ``ValueError`` when the folder holds no case, or, with ``require_labels``, when a label is missing.
     """
-    if split not in ("Tr", "Ts"):
-        raise ValueError(f"unknown split {split!r}; valid: 'Tr', 'Ts'")
-    images = sorted(glob(os.path.join(dataset_dir, f"images{split}", f"*{IMAGE_SUFFIX}")))
-    if not images:
-        raise ValueError(f"no images found in {os.path.join(dataset_dir, 'images' + split)} (expected *{IMAGE_SUFFIX})")
+    images = list_images(dataset_dir, split)
     items, missing = [], []
     for img in images:
         case_id = os.path.basename(img)[: -len(IMAGE_SUFFIX)]

@@ -34,7 +34,7 @@ def _scalars(name: str, value: Any, class_names: Sequence[str]) -> dict[str, flo
         value = value[0] if len(value) == 1 else value
     if isinstance(value, (list, tuple)):
         names = list(class_names) if len(class_names) == len(value) else [str(i) for i in range(len(value))]
-        return {f"{name}_{n}": float(v) for n, v in zip(names, value)}
+        return {f"{name}_{n}": float(v) for n, v in zip(names, value, strict=True)}
     try:
         return {name: float(value)}
     except (TypeError, ValueError):
@@ -55,8 +55,9 @@ class TrainingHistory:
         loss_key: key of the loss in the trainer's output.
     """
 
-    def __init__(self, output_dir: str, validator=None, class_names: Sequence[str] = ("liver", "tumor"),
-                 loss_key: str = "loss"):
+    def __init__(
+        self, output_dir: str, validator=None, class_names: Sequence[str] = ("liver", "tumor"), loss_key: str = "loss"
+    ):
         self.path = os.path.join(output_dir, HISTORY_FILE)
         self.validator = validator
         self.class_names = list(class_names)

@@ -103,7 +103,7 @@ def read_nifti_c_order(
                     break
             if z < nz:
                 raise ValueError(f"{path}: the data ends at slice {z} of {nz} (truncated file)")
-        except BaseException as e:  # handed to the reading thread
+        except Exception as e:  # handed to the reading thread (Ctrl-C is raised in the main thread only, never here)
             failed.append(e)
         finally:
             full.put(None)

@@ -76,9 +76,7 @@ class DeepSupervisionLoss(_MonaiDeepSupervisionLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if not isinstance(input, torch.Tensor):
-            raise ValueError(
-                f"input must be a tensor [B, C, ...] or [B, H, C, ...], got {type(input).__name__}."
-            )
+            raise ValueError(f"input must be a tensor [B, C, ...] or [B, H, C, ...], got {type(input).__name__}.")
         extra = input.dim() - target.dim()
         if extra == 0:
             return super().forward(input, target)

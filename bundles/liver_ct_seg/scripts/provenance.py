@@ -39,6 +39,36 @@ def _git_commit(path: str) -> str | None:
     return res.stdout.strip() or None
 
 
+def portable_command(argv: list[str]) -> list[str]:
+    """``sys.argv`` as a person would type it: ``python -m monai.bundle ...`` instead of the module's file path."""
+    if argv and argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return ["python", "-m", "monai.bundle", *argv[1:]]
+    return list(argv)
+
+
+def _repo_relative(path: str) -> str:
+    """``path`` relative to the root of the git checkout that holds it (no machine's absolute paths in shared
+    records); the absolute path outside a checkout."""
+    try:
+        res = subprocess.run(
+            ["git", "-C", path, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return path
+    top = res.stdout.strip()
+    return os.path.relpath(path, top) if top else path
+
+
+def _write_json_atomic(path: str, data: Any) -> None:
+    """JSON with 4-space indent and a final newline (the model zoo's pretty-format-json), written atomically."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=4, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _running_config() -> dict[str, Any] | None:
     """The config (after command-line overrides) of the ``monai.bundle`` workflow that is initializing, if any."""
     from monai.bundle import ConfigParser
@@ -66,16 +96,14 @@ def write_provenance(output_dir: str, seed: int | None = None, config: dict[str,
     info = {
         "time_utc": stamp,
         "seed": seed,
-        "command": sys.argv,
-        "cwd": os.getcwd(),
+        "command": portable_command(sys.argv),
+        "cwd": _repo_relative(os.getcwd()),
         "git_commit": _git_commit(os.path.dirname(os.path.abspath(__file__))),
         "versions": _versions(),
     }
     path = os.path.join(output_dir, "provenance.json")
-    with open(path, "w") as f:
-        json.dump(info, f, indent=2, default=str)
+    _write_json_atomic(path, info)
     if config is not None:
-        with open(os.path.join(output_dir, "config_resolved.json"), "w") as f:
-            json.dump(config, f, indent=2, default=str)
+        _write_json_atomic(os.path.join(output_dir, "config_resolved.json"), config)
     logger.info("provenance written to %s", path)
     return path

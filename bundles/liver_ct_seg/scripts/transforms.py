@@ -296,7 +296,10 @@ class FastSpacingd(Spacingd):
         super().__init__(*args, **kwargs)
         old = self.spacing_transform.sp_resample
         self.spacing_transform.sp_resample = SeparableSpatialResample(
-            mode=old.mode, padding_mode=old.padding_mode, align_corners=old.align_corners, dtype=old.dtype,
+            mode=old.mode,
+            padding_mode=old.padding_mode,
+            align_corners=old.align_corners,
+            dtype=old.dtype,
             lazy=old.lazy,
         )
 
@@ -355,7 +358,7 @@ class ResampleArgmax(Transform):
         values, start = self.box_label(img, dst_affine, spatial_size, src_affine)
         out = torch.zeros((1, *[int(s) for s in spatial_size]), dtype=self.dtype, device=img.device)
         if values is not None:
-            out[(slice(None), *(slice(a, a + n) for a, n in zip(start, values.shape[1:])))] = values
+            out[(slice(None), *(slice(a, a + n) for a, n in zip(start, values.shape[1:], strict=True)))] = values
         return out
 
     def box_label(
@@ -496,9 +499,7 @@ class InvertArgmaxd(MapTransform):
         src_axis = [int(np.flatnonzero(perm[b, :nd])[0]) for b in range(nd)]
         sign = [int(perm[b, src_axis[b]]) for b in range(nd)]
         shift = [int(perm[b, nd]) for b in range(nd)]
-        if sorted(src_axis) != list(range(nd)) or any(
-            (label.size[src_axis[b]] != orig_size[b]) for b in range(nd)
-        ):
+        if sorted(src_axis) != list(range(nd)) or any((label.size[src_axis[b]] != orig_size[b]) for b in range(nd)):
             return None
         ornt.pop_transform(carrier)
         out = _with_meta(torch.zeros(0), carrier, cur_affine @ np.linalg.inv(perm))
@@ -519,7 +520,7 @@ class InvertArgmaxd(MapTransform):
         for key, orig_key in self.key_iterator(d, self.orig_keys):
             orig = d.get(orig_key)
             if not isinstance(orig, MetaTensor):
-                raise ValueError(f"InvertArgmaxd needs the preprocessed '{orig_key}' as a MetaTensor (with its trace)")
+                raise ValueError(f"InvertArgmaxd needs the preprocessed {orig_key!r} as a MetaTensor (with its trace)")
             scores = d[key].detach() if isinstance(d[key], torch.Tensor) else torch.as_tensor(d[key])
             scores = MetaTensor(scores.as_tensor() if isinstance(scores, MetaTensor) else scores)
             scores.meta = deepcopy(orig.meta)
@@ -572,7 +573,9 @@ class _BoxLabel:
         nd = len(self.size)
         full = torch.zeros(self.size[::-1], dtype=dtype, device=device).permute(*range(nd - 1, -1, -1)).unsqueeze(0)
         if self.values is not None:
-            full[(slice(None), *(slice(a, a + n) for a, n in zip(self.start, self.values.shape[1:])))] = self.values
+            full[(slice(None), *(slice(a, a + n) for a, n in zip(self.start, self.values.shape[1:], strict=True)))] = (
+                self.values
+            )
         return _with_meta(full, self.carrier, self.carrier.affine)
 
 
@@ -606,7 +609,10 @@ class KeepLargestComponentInBox(Transform):
         self.connectivity = connectivity
         self.num_components = int(num_components)
         self.klcc = KeepLargestConnectedComponent(
-            applied_labels=labels, is_onehot=False, independent=independent, connectivity=connectivity,
+            applied_labels=labels,
+            is_onehot=False,
+            independent=independent,
+            connectivity=connectivity,
             num_components=num_components,
         )
 

@@ -184,7 +184,7 @@ class LiverSegNet(nn.Module):
         self.mode = interp_mode(spatial_dims)
         divisor = [1] * spatial_dims
         for s in stride_list:
-            divisor = [d * a for d, a in zip(divisor, s)]
+            divisor = [d * a for d, a in zip(divisor, s, strict=True)]
         self.size_divisor: list[int] = divisor
 
         self.encoder = nn.ModuleList(
@@ -219,12 +219,22 @@ class LiverSegNet(nn.Module):
         """Two conv-norm-act; the first one carries the downsampling stride."""
         return nn.Sequential(
             Convolution(
-                self.spatial_dims, in_channels, out_channels, strides=stride, kernel_size=self.kernel_size,
-                act=act, norm=norm,
+                self.spatial_dims,
+                in_channels,
+                out_channels,
+                strides=stride,
+                kernel_size=self.kernel_size,
+                act=act,
+                norm=norm,
             ),
             Convolution(
-                self.spatial_dims, out_channels, out_channels, strides=1, kernel_size=self.kernel_size,
-                act=act, norm=norm,
+                self.spatial_dims,
+                out_channels,
+                out_channels,
+                strides=1,
+                kernel_size=self.kernel_size,
+                act=act,
+                norm=norm,
             ),
         )
 
@@ -239,8 +249,16 @@ class LiverSegNet(nn.Module):
     ) -> nn.Module:
         """Upsample, (gated) skip fusion, two conv-norm-act; see :class:`DecoderLevel`."""
         return DecoderLevel(
-            self.spatial_dims, in_channels, out_channels, stride, self.kernel_size, act, norm, dropout,
-            attention=self.attention, convlstm=self.convlstm,
+            self.spatial_dims,
+            in_channels,
+            out_channels,
+            stride,
+            self.kernel_size,
+            act,
+            norm,
+            dropout,
+            attention=self.attention,
+            convlstm=self.convlstm,
         )
 
     def _get_head(self, in_channels: int, out_channels: int) -> nn.Module:
@@ -322,8 +340,18 @@ class UNet(LiverSegNet):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(
-            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, act, norm, dropout,
-            attention=False, deep_supervision=False, convlstm=False,
+            spatial_dims,
+            in_channels,
+            out_channels,
+            channels,
+            strides,
+            kernel_size,
+            act,
+            norm,
+            dropout,
+            attention=False,
+            deep_supervision=False,
+            convlstm=False,
         )
 
 
@@ -351,8 +379,18 @@ class AttentionUNet(LiverSegNet):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(
-            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, act, norm, dropout,
-            attention=True, deep_supervision=False, convlstm=False,
+            spatial_dims,
+            in_channels,
+            out_channels,
+            channels,
+            strides,
+            kernel_size,
+            act,
+            norm,
+            dropout,
+            attention=True,
+            deep_supervision=False,
+            convlstm=False,
         )
 
 
@@ -383,8 +421,19 @@ class AttentionUNetDS(LiverSegNet):
         num_ds_heads: int | None = None,
     ) -> None:
         super().__init__(
-            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, act, norm, dropout,
-            attention=True, deep_supervision=True, convlstm=False, num_ds_heads=num_ds_heads,
+            spatial_dims,
+            in_channels,
+            out_channels,
+            channels,
+            strides,
+            kernel_size,
+            act,
+            norm,
+            dropout,
+            attention=True,
+            deep_supervision=True,
+            convlstm=False,
+            num_ds_heads=num_ds_heads,
         )
 
 
@@ -415,8 +464,19 @@ class DALUNet(LiverSegNet):
         num_ds_heads: int | None = None,
     ) -> None:
         super().__init__(
-            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, act, norm, dropout,
-            attention=True, deep_supervision=True, convlstm=True, num_ds_heads=num_ds_heads,
+            spatial_dims,
+            in_channels,
+            out_channels,
+            channels,
+            strides,
+            kernel_size,
+            act,
+            norm,
+            dropout,
+            attention=True,
+            deep_supervision=True,
+            convlstm=True,
+            num_ds_heads=num_ds_heads,
         )
 
 

@@ -10,13 +10,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from liverseg.dicomio import read_dicom_series, write_dicom_series
+from liverseg.dicom import read_dicom_series, write_dicom_series
 from liverseg.errors import InputError
 from liverseg.imageio import orientation_of
 from tests.conftest import resample_to
 
 REAL_CT = Path(
-    os.environ.get("LIVERSEG_DCMQI_DATA", Path(__file__).resolve().parent / "data" / "dcmqi-ct3slice")
+    os.environ.get("LIVERSEG_DCMQI_DATA", Path(__file__).resolve().parents[1] / "data" / "dcmqi-ct3slice")
 )
 SHAPE = (24, 20, 8)
 

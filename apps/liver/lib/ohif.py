@@ -1,0 +1,194 @@
+"""The OHIF configuration the app serves: ``GET /ohif/app-config.js`` in front of monailabel's ``/ohif/{path}`` route.
+
+monailabel 0.8.5 serves the OHIF v3.10 build in its package (``endpoints/static/ohif``) with an ``app-config.js`` that
+has no way to save a segmentation: "Export DICOM SEG" fails with ``TypeError: Cannot read properties of undefined
+(reading 'store')`` (OHIF bug Viewers#4584: the segmentation panel runs the ``storeSegmentation`` command without a
+data source, and the dicom-seg extension's command needs one). This config, found by trying it against Orthanc (see
+``../shared/OHIF-SAVE.md``), changes no OHIF file:
+
+- the same DICOMweb data source as monailabel's (the app's query-forwarding proxy ``/proxy/dicom/{qido,wado}``;
+  STOW-RS goes to ``POST <wadoRoot>/studies``, which the proxy forwards);
+- ``@ohif/extension-cornerstone-dicom-seg`` loaded at start-up, then a small inline extension (:data:`EXTENSION_ID`)
+  whose ``storeSegmentation`` command, registered last and so found first by the panel's context-less call, runs the
+  dicom-seg command with the active data source and shows a success or error notification;
+- in the MONAI Label mode, the extension puts the cornerstone Segmentation panel (``panelSegmentation``; the
+  "WithTools" variant crashes there) next to the MONAI Label panel, so the save is reachable there too.
+
+OHIF codes every segment as "Tissue" with algorithm type MANUAL, so the app does not trust codes: a SEG read as a
+label maps its segments by name (``lib.datastore.segment_values``: liver = 1, tumor = 2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Dict
+
+logger = logging.getLogger(__name__)
+
+EXTENSION_ID = "liverseg-ohif-save"
+SEG_EXTENSION = "@ohif/extension-cornerstone-dicom-seg"
+SEG_COMMANDS_CONTEXT = "SEGMENTATION"  # the dicom-seg extension's commands context (its storeSegmentation)
+SEGMENTATION_PANEL = "@ohif/extension-cornerstone.panelModule.panelSegmentation"
+MONAI_LABEL_ROUTE = "monai-label"  # routeName of @ohif/mode-monai-label
+ROUTE = "/ohif/app-config.js"
+
+
+def data_source(api_prefix: str = "") -> Dict[str, Any]:
+    """OHIF's DICOMweb data source through the app's proxy (same settings as monailabel's own app-config.js)."""
+    root = f"{api_prefix.rstrip('/')}/proxy/dicom"
+    return {
+        "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
+        "sourceName": "dicomweb",
+        "configuration": {
+            "friendlyName": "DICOMweb server (through the liver app)",
+            "name": "dicomweb",
+            "wadoUriRoot": f"{root}/wado",
+            "qidoRoot": f"{root}/qido",
+            "wadoRoot": f"{root}/wado",
+            "qidoSupportsIncludeField": True,
+            "supportsReject": False,
+            "imageRendering": "wadors",
+            "thumbnailRendering": "wadors",
+            "enableStudyLazyLoad": False,
+            "supportsFuzzyMatching": True,
+            "supportsWildcard": True,
+            "dicomUploadEnabled": True,
+            "bulkDataURI": {"enabled": True},
+        },
+    }
+
+
+def base_config(api_prefix: str = "") -> Dict[str, Any]:
+    """The JSON part of ``window.config`` (the extensions are added as JavaScript by :func:`app_config_js`)."""
+    return {
+        "routerBasename": "/ohif/",
+        "showStudyList": True,
+        "modes": [],
+        "showWarningMessageForCrossOrigin": True,
+        "showCPUFallbackMessage": True,
+        "showLoadingIndicator": True,
+        "strictZSpacingForVolumeViewport": True,
+        "defaultDataSourceName": "dicomweb",
+        "useSharedArrayBuffer": "FALSE",
+        "dataSources": [data_source(api_prefix)],
+    }
+
+
+# The inline extension (plain ES2017, no build step). Placeholders __NAME__ are filled from the constants above.
+_EXTENSION_JS = """{
+  id: __EXTENSION_ID__,
+  getCommandsModule: ({ servicesManager, commandsManager, extensionManager }) => ({
+    definitions: {
+      storeSegmentation: {
+        commandFn: async ({ segmentationId }) => {
+          const { uiNotificationService } = servicesManager.services;
+          try {
+            const dataSource = extensionManager.getActiveDataSource()[0];
+            const stored = await commandsManager.runCommand(
+              'storeSegmentation', { segmentationId, dataSource }, __SEG_CONTEXT__);
+            if (stored) {
+              uiNotificationService.show({
+                title: 'Segmentation saved',
+                message: 'Segmentation saved to the DICOMweb server',
+                type: 'success',
+              });
+            }
+            return stored;
+          } catch (error) {
+            console.error('liverseg: saving the segmentation failed', error);
+            uiNotificationService.show({
+              title: 'Segmentation not saved',
+              message: String((error && error.message) || error),
+              type: 'error',
+            });
+          }
+        },
+      },
+    },
+    defaultContext: 'LIVERSEG',
+  }),
+  onModeEnter: ({ servicesManager }) => {
+    const route = '/' + __MONAI_LABEL_ROUTE__;
+    if (!window.location.pathname.includes(route)) {
+      return;
+    }
+    const { panelService } = servicesManager.services;
+    const right = 'right';
+    const ensurePanel = () => {
+      const panels = panelService.getPanels(right);
+      if (panels.length && !panels.some(p => p && p.id === __SEG_PANEL__)) {
+        panelService.addPanel(right, __SEG_PANEL__);
+      }
+    };
+    const event = (panelService.EVENTS && panelService.EVENTS.PANELS_CHANGED) || 'event::panelService:panelsChanged';
+    const subscription = panelService.subscribe(event, ({ position }) => {
+      if (position === right) {
+        ensurePanel();
+      }
+    });
+    window.__liversegPanelSubscription = subscription;
+    ensurePanel();
+  },
+  onModeExit: () => {
+    const subscription = window.__liversegPanelSubscription;
+    if (subscription && subscription.unsubscribe) {
+      subscription.unsubscribe();
+    }
+    window.__liversegPanelSubscription = undefined;
+  },
+}"""
+
+
+def extension_js() -> str:
+    """The inline OHIF extension as a JavaScript object literal."""
+    values = {
+        "__EXTENSION_ID__": EXTENSION_ID,
+        "__SEG_CONTEXT__": SEG_COMMANDS_CONTEXT,
+        "__SEG_PANEL__": SEGMENTATION_PANEL,
+        "__MONAI_LABEL_ROUTE__": MONAI_LABEL_ROUTE,
+    }
+    js = _EXTENSION_JS
+    for name, value in values.items():
+        js = js.replace(name, json.dumps(value))
+    return js
+
+
+def app_config_js(api_prefix: str = "") -> str:
+    """The whole ``app-config.js``: ``window.config`` = :func:`base_config` + the dicom-seg extension loaded at
+    start-up + the inline save extension."""
+    config = json.dumps(base_config(api_prefix), indent=2)
+    return (
+        "/* OHIF configuration served by the liverseg liver app (apps/liver/lib/ohif.py): DICOMweb through the app's\n"
+        " * proxy, and 'Export DICOM SEG' that stores into the same DICOMweb server (works around OHIF Viewers#4584).\n"
+        " */\n"
+        f"window.config = {config};\n"
+        f"window.config.extensions = [{json.dumps(SEG_EXTENSION)}, {extension_js()}];\n"
+    )
+
+
+def install_ohif_config(fastapi_app: Any, api_prefix: str = "") -> int:
+    """Put ``GET /ohif/app-config.js`` (served :func:`app_config_js`) in front of ``fastapi_app``'s routes, so it wins
+    over monailabel's ``/ohif/{path}``; same role check as monailabel's OHIF route. Returns the routes added (1)."""
+    from fastapi import APIRouter, Depends
+    from fastapi.responses import Response
+    from monailabel.config import settings
+    from monailabel.endpoints.user.auth import RBAC, User
+
+    body = app_config_js(api_prefix)
+
+    async def liverseg_ohif_app_config(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+        return Response(
+            content=body, media_type="application/javascript", headers={"Cache-Control": "no-cache, must-revalidate"}
+        )
+
+    router = APIRouter()
+    router.add_api_route(ROUTE, liverseg_ohif_app_config, methods=["GET"], include_in_schema=False)
+    routes = fastapi_app.router.routes
+    before = len(routes)
+    fastapi_app.include_router(router, prefix=api_prefix)
+    added = routes[before:]
+    del routes[before:]
+    routes[0:0] = added
+    logger.info("OHIF: %s%s serves the liver app's configuration (save to DICOMweb)", api_prefix, ROUTE)
+    return len(added)

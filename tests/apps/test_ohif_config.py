@@ -1,0 +1,168 @@
+"""The OHIF configuration the app serves (lib/ohif.py): the route wins over monailabel's, the script loads in a
+JavaScript engine, its save command stores through the active data source, and OHIF-style SEGs map by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from lib import datastore as app_datastore  # noqa: E402  (apps/liver on sys.path, see conftest)
+from lib import ohif  # noqa: E402
+
+from .test_app_units import write_seg
+
+NODE = shutil.which("node") or shutil.which("nodejs")
+
+# Loads app-config.js as OHIF does (a script setting window.config), then drives the inline extension with stand-ins
+# for OHIF's managers: the panel's context-less storeSegmentation call, and the MONAI Label mode's panels.
+_DRIVER = r"""
+const fs = require('fs');
+const vm = require('vm');
+const calls = [], notes = [], added = [];
+let listener = null;
+const window = { location: { pathname: process.argv[3] } };
+vm.runInNewContext(fs.readFileSync(process.argv[2], 'utf8'), { window, console });
+const [segExt, ext] = window.config.extensions;
+const services = {
+  uiNotificationService: { show: n => notes.push(n) },
+  panelService: {
+    panels: [{ id: '@ohif/extension-monai-label.panelModule.monailabel' }],
+    getPanels() { return this.panels; },
+    addPanel(position, id) { added.push([position, id]); this.panels.push({ id }); },
+    subscribe(event, fn) { listener = [event, fn]; return { unsubscribe() { listener = null; } }; },
+  },
+};
+const commandsManager = {
+  runCommand: async (name, options, context) => {
+    calls.push({ name, options, context });
+    if (options.segmentationId === 'bad') throw new Error('STOW failed: 400');
+    return { stored: true };
+  },
+};
+const extensionManager = { getActiveDataSource: () => [{ name: 'the-active-source' }] };
+(async () => {
+  const module = ext.getCommandsModule({ servicesManager: { services }, commandsManager, extensionManager });
+  const store = module.definitions.storeSegmentation.commandFn;
+  await store({ segmentationId: 'seg-1' });
+  await store({ segmentationId: 'bad' });
+  ext.onModeEnter({ servicesManager: { services } });
+  services.panelService.panels = [{ id: 'x' }];  // the layout resets the right panels: the listener adds it again
+  if (listener) listener[1]({ position: 'right' });
+  ext.onModeExit();
+  console.log(JSON.stringify({
+    config: window.config, segExt, id: ext.id, context: module.defaultContext,
+    calls: calls.map(c => ({ name: c.name, segmentationId: c.options.segmentationId,
+                             dataSource: c.options.dataSource && c.options.dataSource.name, context: c.context })),
+    notes: notes.map(n => n.type), added, subscribed: listener !== null,
+  }));
+})().catch(e => { console.error(e); process.exit(1); });
+"""
+
+
+@pytest.fixture
+def ohif_client():
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+
+    @app.get("/ohif/{path:path}")  # what monailabel serves: its packaged OHIF files
+    def packaged(path: str):
+        return PlainTextResponse(f"packaged {path}")
+
+    assert ohif.install_ohif_config(app, "") == 1
+    return TestClient(app)
+
+
+def test_route_serves_the_app_config_before_monailabels(ohif_client):
+    r = ohif_client.get("/ohif/app-config.js")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/javascript")
+    assert r.text == ohif.app_config_js("")
+    assert "window.config = " in r.text and ohif.EXTENSION_ID in r.text
+    assert ohif_client.get("/ohif/index.html").text == "packaged index.html"  # the rest stays monailabel's
+
+
+def test_app_config_prefix():
+    config = ohif.base_config("/api")
+    source = config["dataSources"][0]["configuration"]
+    assert source["wadoRoot"] == "/api/proxy/dicom/wado" and source["qidoRoot"] == "/api/proxy/dicom/qido"
+    assert config["defaultDataSourceName"] == config["dataSources"][0]["sourceName"]
+
+
+@pytest.mark.skipif(NODE is None, reason="node (Node.js) is not installed: apt-get install -y nodejs")
+@pytest.mark.parametrize("mode_path, panel_added", [("/ohif/monai-label", True), ("/ohif/segmentation", False)])
+def test_app_config_loads_and_saves_through_the_active_source(ohif_client, tmp_path, mode_path, panel_added):
+    script = tmp_path / "app-config.js"
+    script.write_text(ohif_client.get("/ohif/app-config.js").text)
+    driver = tmp_path / "driver.js"
+    driver.write_text(_DRIVER)
+    run = subprocess.run([NODE, str(driver), str(script), mode_path], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["config"]["dataSources"][0]["configuration"]["wadoRoot"] == "/proxy/dicom/wado"
+    assert out["segExt"] == ohif.SEG_EXTENSION and out["id"] == ohif.EXTENSION_ID
+    assert out["context"] != ohif.SEG_COMMANDS_CONTEXT  # its own context, registered after the dicom-seg one
+    assert out["calls"] == [
+        {"name": "storeSegmentation", "segmentationId": s, "dataSource": "the-active-source", "context": "SEGMENTATION"}
+        for s in ("seg-1", "bad")
+    ]
+    assert out["notes"] == ["success", "error"]
+    expected = [["right", ohif.SEGMENTATION_PANEL]] * 2 if panel_added else []
+    assert out["added"] == expected  # added, and added again after the layout reset the right side
+    assert out["subscribed"] is False  # unsubscribed on mode exit (or never subscribed)
+
+
+def _ohif_style(path, names):
+    """Re-code a SEG as OHIF writes it: every segment 'Tissue' (T-D0050, SRT), algorithm MANUAL."""
+    ds = pydicom.dcmread(path)
+    for item, name in zip(ds.SegmentSequence, names):
+        item.SegmentLabel = name
+        item.SegmentAlgorithmType = "MANUAL"
+        for seq in ("SegmentedPropertyCategoryCodeSequence", "SegmentedPropertyTypeCodeSequence"):
+            code = getattr(item, seq)[0]
+            code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "T-D0050", "SRT", "Tissue"
+    ds.SeriesNumber = 99
+    ds.save_as(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def lps_series(tmp_path_factory):
+    from monailabel.datastore.utils.convert import dicom_to_nifti
+
+    from liverseg.dicom import write_dicom_series
+    from liverseg.phantom import generate_phantom
+
+    root = tmp_path_factory.mktemp("ohif-seg")
+    p = generate_phantom(504, shape=(32, 32, 16), orientation="LPS")
+    files = write_dicom_series(root / "CT", p.image, p.affine, patient_id="UNIT-504")
+    image = root / "image.nii.gz"
+    shutil.move(dicom_to_nifti(str(root / "CT")), image)
+    return p, files, image
+
+
+@pytest.mark.parametrize(
+    "names, swap",
+    [
+        (["Tumor", "Liver"], True),  # OHIF lists segments in its own order: the names decide
+        (["liver", "liver tumor"], False),
+        (["Liver", "Lesion"], False),
+    ],
+)
+def test_ohif_seg_maps_segments_by_name(lps_series, tmp_path, names, swap):
+    p, files, image = lps_series
+    label = p.label.astype(np.uint8)
+    if swap:  # segment 1 holds the tumor, segment 2 the liver
+        label = np.select([label == 2, label == 1], [1, 2], 0).astype(np.uint8)
+    seg = _ohif_style(write_seg(tmp_path / "ohif.dcm", label, p.affine, files, names=("a", "b")), names)
+    assert app_datastore.seg_to_label(str(seg), str(image), str(tmp_path / "l.nii.gz")) == [0, 1, 2]
+    out = nib.load(str(tmp_path / "l.nii.gz"))
+    from .dicomweb import paint_on_grid
+
+    np.testing.assert_array_equal(paint_on_grid(np.asarray(out.dataobj), out.affine, p.label.shape, p.affine), p.label)
