@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import json
 import logging
 import math
 import platform
@@ -50,7 +49,7 @@ from scipy import ndimage
 
 from liverseg import LABELS, __version__
 from liverseg.errors import InputError
-from liverseg.imageio import NIFTI_SUFFIXES, atomic_path, read_nifti, spacing_of
+from liverseg.imageio import NIFTI_SUFFIXES, atomic_path, read_nifti, spacing_of, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -673,25 +672,6 @@ def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -
                 w.writerow({k: _csv_value(r.get(k)) for k in columns})
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
-
-
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -827,7 +807,7 @@ def evaluate_folder(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "metrics_per_case.csv", PER_CASE_COLUMNS, case_rows)
     _write_csv(out_dir / "metrics_per_lesion.csv", PER_LESION_COLUMNS, lesion_rows)
-    _write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", summary)
     with atomic_path(out_dir / "summary.md") as tmp:
         tmp.write_text(summary_markdown(summary))
     provenance = {
@@ -855,7 +835,7 @@ def evaluate_folder(
             },
         },
     }
-    _write_json(out_dir / "provenance.json", provenance)
+    write_json(out_dir / "provenance.json", provenance)
     logger.info("wrote evaluation of %d case(s) to %s", len(ok_cases), out_dir)
     return summary
 

@@ -8,10 +8,12 @@ Convention used throughout the package: a volume is a numpy array indexed ``[i, 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -60,7 +62,8 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; on success it is renamed onto ``final``, on error removed."""
+    """Yield a temporary path next to ``final``; on success it is flushed to disk (fsync) and renamed onto ``final``,
+    on error removed."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(final.suffixes)
@@ -69,10 +72,34 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN / inf floats as None, numpy scalars as Python numbers, paths as strings, keys as strings."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | Path, obj: Any, indent: int = 2) -> Path:
+    """Write :func:`json_safe` of ``obj`` as JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")
+    return Path(path)
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray, dtype: type | None = None) -> Path:

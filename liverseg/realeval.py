@@ -47,7 +47,7 @@ import numpy as np
 
 from liverseg import LABELS, __version__
 from liverseg.errors import InputError, LiverSegError
-from liverseg.imageio import atomic_path, read_nifti, spacing_of, write_nifti
+from liverseg.imageio import atomic_path, read_nifti, spacing_of, write_json, write_nifti
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -583,33 +583,11 @@ def real_eval(
             for p in draw_pictures(cases, dataset, scoring / "pred", out / "pictures", by_case)
         ]
     report["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    _write_json(out / "real_eval.json", report)
+    write_json(out / "real_eval.json", report)
     with atomic_path(out / "real_eval.md") as t:
         t.write_text(_markdown(report))
     logger.info("wrote %s and %s", out / "real_eval.md", out / "real_eval.json")
     return report
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def _write_json(path: Path, obj: Any, indent: int = 2) -> None:
-    with atomic_path(path) as t:
-        with open(t, "w") as fh:
-            fh.write(json.dumps(_json_safe(obj), indent=indent, allow_nan=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -727,7 +705,7 @@ def record_figures(report: dict[str, Any], path: Path, note: str = "") -> Path:
             r["case"]: {"liver_only": r["liver_only"], **{m: r[m] for m in RECORDED_METRICS}} for r in report["cases"]
         },
     }
-    _write_json(Path(path), payload, indent=4)  # the bundle's JSON style (the zoo's pretty-format-json --indent=4)
+    write_json(Path(path), payload, indent=4)  # the bundle's JSON style (the zoo's pretty-format-json --indent=4)
     return Path(path)
 
 

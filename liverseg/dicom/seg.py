@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +34,7 @@ from pydicom.sr.coding import Code
 from pydicom.valuerep import format_number_as_ds
 
 from liverseg import LABELS, __version__
+from liverseg.imageio import atomic_path
 
 __all__ = [
     "Algorithm",
@@ -242,16 +241,7 @@ def write_seg(
     rename); returns ``out_path``."""
     seg = build_seg(label, source_headers, **kwargs)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            seg.save_as(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(out_path) as tmp:
+        seg.save_as(str(tmp))
     logger.info("DICOM SEG written: %s (%d frames)", out_path, int(getattr(seg, "NumberOfFrames", 0)))
     return out_path

@@ -17,8 +17,6 @@ observer (the model, its version) and is neither complete nor verified: research
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,6 +26,7 @@ from pydicom.sr.coding import Code
 
 from liverseg import LABELS
 from liverseg.dicom.seg import LIVER_CODE, NEOPLASM_CODE, Algorithm
+from liverseg.imageio import atomic_path
 
 __all__ = ["build_volumetry_sr", "write_volumetry_sr", "NUMBER_OF_LESIONS", "TUMOR_BURDEN"]
 
@@ -132,16 +131,7 @@ def write_volumetry_sr(
     seg = pydicom.dcmread(str(seg_path))
     sr = build_volumetry_sr(vol, seg, source_headers, algorithm=algorithm)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sr.save_as(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(out_path) as tmp:
+        sr.save_as(str(tmp))
     logger.info("DICOM SR written: %s (%d measurement groups)", out_path, 1 + len(vol.get("tumors", [])))
     return out_path
