@@ -42,6 +42,7 @@ from scipy import ndimage
 
 from liverseg import LABELS
 from liverseg.dataset import list_cases, write_case, write_dataset_json
+from liverseg.phantom_domain import Domain, draw_domain, draw_tumor_look
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -231,8 +232,12 @@ def _occupancy(f, width: float):
 class _Anatomy:
     """All shapes of one phantom, in world mm. Construction draws every random number it needs from ``rng``."""
 
-    def __init__(self, rng: np.random.Generator) -> None:
+    def __init__(self, rng: np.random.Generator, domain: Domain | None = None) -> None:
         u = rng.uniform
+        # domain randomization (phantom_domain): subcutaneous fat added outside the unchanged muscle wall, liver
+        # shape changes; none of it draws from ``rng``, so the default body of a seed stays what it was
+        self.fat_extra = domain.extra_fat_mm if domain is not None else 0.0
+        self.shape_mods = domain.liver_shape if domain is not None else None
         # --- torso: elliptic outline with low-order irregularity, constant along z
         self.xc, self.yc = float(np.clip(rng.normal(0, 6), -15, 15)), float(np.clip(rng.normal(0, 6), -15, 15))
         self.a = u(148, 178)
@@ -311,6 +316,8 @@ class _Anatomy:
         self.liver_blobs_rel = [(off * body, ax * 1.15 * body) for off, ax in self.liver_blobs_rel]
         self.liver_blend = u(15, 25)
         self.liver_target_ml = float(np.clip(u(1250, 1800) * body[0] * body[1], 1150, 2000))
+        if self.shape_mods is not None:
+            self._modify_liver_shape()
         # right lobe tilted: its inferior end lateral, so the inferior border slopes up medially
         self.liver_rots = [_rotation(math.radians(u(-8, 8)), -math.radians(u(15, 30)), math.radians(u(-10, 10)))]
         self.liver_rots += [_rotation(0, 0, math.radians(u(-15, 15))) for _ in self.liver_blobs_rel[1:]]
@@ -351,6 +358,22 @@ class _Anatomy:
         self.hepatic: list[_Capsule] = []
         self._grow_vessels(rng)
 
+    def _modify_liver_shape(self) -> None:
+        """Lobe sizes, Riedel's lobe and target volume of a randomized domain (blob order as in ``__init__``)."""
+        m = self.shape_mods
+        scales = [m["right_lobe_scale"], m["right_lobe_scale"], m["left_lobe_scale"], m["left_lobe_scale"], 1.0]
+        out = []
+        for n, ((off, ax), k) in enumerate(zip(self.liver_blobs_rel, scales)):
+            off, ax = off.copy(), ax * k
+            if n in (2, 3):  # the left lobe grows toward the patient's left (the spleen)
+                off[0] *= 0.5 + 0.5 * k
+            if n == 1 and m["riedel_scale"] > 1.0:  # Riedel's lobe: the right lobe's tip reaches far down
+                ax[2] *= m["riedel_scale"]
+                off[2] *= 0.5 + 0.5 * m["riedel_scale"]
+            out.append((off, ax))
+        self.liver_blobs_rel = out
+        self.liver_target_ml = float(np.clip(self.liver_target_ml * m["volume_scale"], 550, 2600))
+
     # ----- torso -------------------------------------------------------------------------------------------
     def _radius(self, theta):
         s = np.sin(theta)
@@ -359,6 +382,8 @@ class _Anatomy:
         mod = 1.0
         for k, c, ph in self.fourier:
             mod = mod + c * np.cos(k * theta + ph)
+        if self.fat_extra:
+            return r * mod + self.fat_extra
         return r * mod
 
     def _tsc(self, theta):
@@ -366,6 +391,8 @@ class _Anatomy:
         mod = 1.0
         for k, c, ph in self.t_sc_fourier:
             mod = mod + c * np.cos(k * theta + ph)
+        if self.fat_extra:
+            return t * np.clip(mod, 0.5, 1.5) + self.fat_extra
         return t * np.clip(mod, 0.5, 1.5)
 
     def torso(self, x, y):
@@ -412,6 +439,30 @@ class _Anatomy:
         f = np.maximum(f, -behind)
         px, py, pa, pb = self.paraspinal[0]
         f = np.maximum(f, -(np.sqrt(((x - px) / pa) ** 2 + ((y - py) / pb) ** 2) - 1.0) * min(pa, pb) + 2.0)
+        if self.shape_mods is not None:
+            f = self._shape_mods_sdf(f, x, y, z)
+        return f
+
+    def _shape_mods_sdf(self, f, x, y, z):
+        """Nodular surface (cirrhosis) and a resection plane of a randomized domain."""
+        m = self.shape_mods
+        if m.get("nodularity_mm"):
+            bumps = 0.0
+            for d, ph in zip(m["nodule_dirs"], m["nodule_phases"]):
+                bumps = bumps + np.cos((d[0] * x + d[1] * y + d[2] * z) * (2 * math.pi / 14.0) + ph)
+            f = f + m["nodularity_mm"] * bumps / math.sqrt(len(m["nodule_dirs"]))
+        cut = m.get("resection")
+        if cut:
+            n = np.asarray(cut["normal"], dtype=float)
+            n[0] = abs(n[0]) + 1.0 if cut["lobe"] == "right" else -abs(n[0]) - 1.0  # lateral: +x is the right
+            n = n / np.linalg.norm(n)
+            s = self.liver_scale
+            off, ax = self.liver_blobs_rel[0 if cut["lobe"] == "right" else 2]
+            c = self.liver_anchor + s * off
+            # remove the lobe's lateral part: the plane lies ``depth`` (fraction of the lobe) in from its far end
+            reach = float(np.abs(n) @ (s * ax))
+            d0 = float(n @ c) + reach * (1.0 - 2.0 * cut["depth"])
+            f = np.maximum(f, (n[0] * x + n[1] * y + n[2] * z) - d0)
         return f
 
     def _fit_liver_volume(self) -> None:
@@ -501,30 +552,42 @@ class _Anatomy:
             self._grow(rng, self.hepatic, root, d, rng.uniform(5.5, 7.5), 0.6 * float(np.linalg.norm(d)), 3)
 
     # ----- tumors ----------------------------------------------------------------------------------------------
-    def place_tumors(self, rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
-        """Draw ``count`` tumors (kind, size, shape) and place each fully inside the liver, not overlapping."""
+    def place_tumors(self, rng: np.random.Generator, count: int,
+                     looks: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Draw ``count`` tumors (kind, size, shape) and place each fully inside the liver, not overlapping.
+
+        ``looks`` (domain randomization, one per tumor) give kind, diameter and HU instead of the default draw,
+        and may let a lesion reach the liver surface (``subcapsular``) or overlap the previous one (``confluent``).
+        """
         gx, gy, gz, f = self.liver_coarse
         out: list[dict[str, Any]] = []
-        for _ in range(count):
+        for n_t in range(count):
             r = rng.random()
             diameter = rng.uniform(5, 10) if r < 0.35 else rng.uniform(10, 40) if r < 0.75 else rng.uniform(40, 60)
             kind = "hypo" if rng.random() < 0.65 else "hyper"
             lo, hi = TISSUE_HU_RANGES[f"tumor_{kind}"]
             hu = rng.uniform(lo, hi)
+            look = looks[n_t] if looks is not None else None
+            if look is not None:
+                diameter, kind, hu = look["diameter_mm"], look["kind"], look["hu"]
             axes_f = rng.uniform(0.85, 1.15, size=3)
             angles = rng.uniform(0, 2 * math.pi, size=3)
             bumps = [(rng.normal(size=3), rng.uniform(2.0, 4.0), rng.uniform(0, 2 * math.pi), rng.uniform(0.04, 0.09))
                      for _b in range(3)]
             pick = rng.random()
             center = None
-            while center is None and diameter >= 5.0:
+            min_diameter = 5.0 if look is None else min(3.0, diameter)
+            while center is None and diameter >= min_diameter:
                 radius = diameter / 2 * float(axes_f.max()) * 1.25
-                ok = f < -(radius + 4.0)
-                for t in out:
+                ok = f < -(radius + 4.0) if not (look and look["subcapsular"]) else f < -0.4 * radius
+                for n_o, t in enumerate(out):
                     c = np.asarray(t["center_ras_mm"])
                     dist = np.sqrt((gx[:, None, None] - c[0]) ** 2 + (gy[None, :, None] - c[1]) ** 2
                                    + (gz[None, None, :] - c[2]) ** 2)
-                    ok &= dist > radius + t["diameter_mm"] / 2 * 1.3 + 4.0
+                    if look and look["confluent"] and n_o == len(out) - 1:
+                        ok &= (dist < (radius + t["diameter_mm"] / 2) * 0.9) & (dist > 0.3 * radius)
+                    else:
+                        ok &= dist > radius + t["diameter_mm"] / 2 * 1.3 + 4.0
                 idx = np.argwhere(ok)
                 if len(idx):
                     i, j, k = idx[min(int(pick * len(idx)), len(idx) - 1)]
@@ -534,7 +597,7 @@ class _Anatomy:
             if center is None:
                 logger.debug("no room for another tumor; placed %d", len(out))
                 break
-            out.append({
+            t_out = {
                 "center_ras_mm": [round(v, 2) for v in center],
                 "diameter_mm": round(float(diameter), 2),
                 "kind": kind,
@@ -542,7 +605,10 @@ class _Anatomy:
                 "_axes": (diameter / 2) * axes_f,
                 "_rot": _rotation(*angles),
                 "_bumps": bumps,
-            })
+            }
+            if look is not None:
+                t_out.update({k: round(float(look[k]), 1) for k in ("rim_hu", "rim_mm", "core_hu") if k in look})
+            out.append(t_out)
         return out
 
 
@@ -660,9 +726,14 @@ class _Plan:
     lo: np.ndarray
     n: tuple[int, int, int]  # canonical (x, y, z)
     s: tuple[float, float, float]
+    domain: Domain | None = None
 
 
-def _plan(seed: int, shape, spacing, orientation, num_tumors) -> _Plan:
+DOMAIN_MAX_VOXELS = 24_000_000
+"""Randomized phantoms with more voxels get coarser slices (then coarser in-plane spacing) to stay under this."""
+
+
+def _plan(seed: int, shape, spacing, orientation, num_tumors, domain_randomization: bool = False) -> _Plan:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if shape is not None:
@@ -682,7 +753,8 @@ def _plan(seed: int, shape, spacing, orientation, num_tumors) -> _Plan:
     ):
         raise ValueError(f"num_tumors must be an integer in 0..{MAX_TUMORS}, got {num_tumors!r}")
 
-    grid_rng, anat_rng, tumor_rng, hu_rng, noise_rng = np.random.default_rng(int(seed)).spawn(5)
+    root_rng = np.random.default_rng(int(seed))
+    grid_rng, anat_rng, tumor_rng, hu_rng, noise_rng = root_rng.spawn(5)
     # grid defaults are always drawn (same stream whatever the options) so options never change the anatomy
     d_inplane = float(grid_rng.uniform(*INPLANE_SPACING_RANGE))
     d_slice = float(grid_rng.uniform(*SLICE_SPACING_RANGE))
@@ -691,10 +763,24 @@ def _plan(seed: int, shape, spacing, orientation, num_tumors) -> _Plan:
     margin_top, margin_bottom = float(grid_rng.uniform(12, 25)), float(grid_rng.uniform(10, 20))
     d_tumors = int(tumor_rng.choice(6, p=[0.15, 0.25, 0.25, 0.15, 0.1, 0.1]))
 
-    anatomy = _Anatomy(anat_rng)
-    tumors = anatomy.place_tumors(tumor_rng, d_tumors if num_tumors is None else int(num_tumors))
     hu = _draw_hu(hu_rng)
     noise_sigma = float(hu_rng.uniform(*NOISE_SIGMA_RANGE))
+    domain = None
+    if domain_randomization:  # a sixth stream: the five above, and so the body, stay those of the seed
+        domain = draw_domain(root_rng.spawn(1)[0], hu)
+        hu, noise_sigma = domain.tissue_hu, domain.noise_sigma_hu
+        d_inplane, d_slice = domain.inplane_spacing_mm, domain.slice_spacing_mm
+        margin_top, margin_bottom = domain.margin_top_mm, domain.margin_bottom_mm
+        d_tumors = domain.num_tumors
+
+    anatomy = _Anatomy(anat_rng, domain)
+    looks = None
+    if domain is not None:
+        look_rng = np.random.default_rng(domain.seeds["tumors"])
+        scale, offset = domain.hu_scale, domain.hu_offset
+        n_looks = d_tumors if num_tumors is None else int(num_tumors)
+        looks = [draw_tumor_look(look_rng, hu["liver"], lambda v: v * scale + offset) for _ in range(n_looks)]
+    tumors = anatomy.place_tumors(tumor_rng, d_tumors if num_tumors is None else int(num_tumors), looks)
 
     orientation = (orientation or d_orient).upper()
     axes = _parse_orientation(orientation)
@@ -703,6 +789,12 @@ def _plan(seed: int, shape, spacing, orientation, num_tumors) -> _Plan:
     body_r = float(np.max(anatomy._radius(theta))) + max(abs(anatomy.xc), abs(anatomy.yc))
     fov_xy = max(fov_xy, 2 * body_r + 12.0)
     z_lo, z_hi = anatomy.liver_zmin - margin_bottom, anatomy.zR + margin_top
+    if domain is not None and domain.partial_coverage != "full":
+        mid = (anatomy.liver_zmin + anatomy.zR) / 2
+        if domain.partial_coverage == "starts_mid_liver":
+            z_hi = mid
+        else:
+            z_lo = mid
     center = np.array([0.0, 0.0, (z_lo + z_hi) / 2])
     fov = np.array([fov_xy, fov_xy, z_hi - z_lo])
 
@@ -721,6 +813,12 @@ def _plan(seed: int, shape, spacing, orientation, num_tumors) -> _Plan:
             spacing_w = [float(fov[w] / shape_w[w]) for w in range(3)]
     if shape is None:
         shape_w = [max(MIN_DIM, int(math.ceil(fov[w] / spacing_w[w] - 1e-6))) for w in range(3)]
+        if domain is not None and spacing is None:
+            while int(np.prod(shape_w)) > DOMAIN_MAX_VOXELS:
+                w = 2 if spacing_w[2] < 5.0 else 0
+                for v in ((2,) if w == 2 else (0, 1)):
+                    spacing_w[v] *= 1.15
+                shape_w = [max(MIN_DIM, int(math.ceil(fov[w] / spacing_w[w] - 1e-6))) for w in range(3)]
     n_vox = int(np.prod(shape_w))
     if n_vox > MAX_VOXELS:
         raise ValueError(
@@ -729,7 +827,7 @@ def _plan(seed: int, shape, spacing, orientation, num_tumors) -> _Plan:
     extent = np.array(shape_w) * np.array(spacing_w)
     lo = center - extent / 2
     return _Plan(int(seed), anatomy, tumors, hu, noise_sigma, noise_rng, orientation, axes, lo,
-                 tuple(shape_w), tuple(spacing_w))  # type: ignore[arg-type]
+                 tuple(shape_w), tuple(spacing_w), domain)  # type: ignore[arg-type]
 
 
 def _render(plan: _Plan) -> Phantom:
@@ -807,9 +905,11 @@ def _render(plan: _Plan) -> Phantom:
 
     st_box = (np.minimum(st[0].bbox(5)[0], st[1].bbox(5)[0]), np.maximum(st[0].bbox(5)[1], st[1].bbox(5)[1]))
     cv.paint(st_box, stomach_sdf, hu["gi_wall"], T["gi_wall"], cav_clip)
-    cv.paint(st_box, lambda a, b, c: stomach_sdf(a, b, c) + 4.0, hu["gi_content"], T["gi_content"], cav_clip)
-    cv.paint(st_box, lambda a, b, c: np.maximum(stomach_sdf(a, b, c) + 4.0, A.stomach_gas_y - b),
-             hu["gi_gas"], T["gi_gas"], cav_clip)
+    cv.paint(st_box, lambda a, b, c: stomach_sdf(a, b, c) + 4.0, hu.get("gi_content_stomach", hu["gi_content"]),
+             T["gi_content"], cav_clip)
+    if plan.domain is None or plan.domain.stomach_gas:
+        cv.paint(st_box, lambda a, b, c: np.maximum(stomach_sdf(a, b, c) + 4.0, A.stomach_gas_y - b),
+                 hu["gi_gas"], T["gi_gas"], cav_clip)
     for cap, gas in A.bowel:
         box = cap.bbox(4)
         cv.paint(box, cap.sdf, hu["gi_wall"], T["gi_wall"], cav_clip)
@@ -881,7 +981,8 @@ def _render(plan: _Plan) -> Phantom:
     liver_clip = lambda sl, xs, ys, zs: liver_occ[sl]  # noqa: E731
     for n, t in enumerate(plan.tumors, start=1):
         sdf, box = _tumor_sdf(t)
-        res = cv.paint(box, sdf, t["hu"], T[f"tumor_{t['kind']}"], liver_clip)
+        code = T["tumor_hyper"] if t["kind"] == "hyper" else T["tumor_hypo"]
+        res = cv.paint(box, sdf, t.get("rim_hu", t["hu"]), code, liver_clip)
         count = 0
         if res is not None:
             sl, occ = res
@@ -889,15 +990,24 @@ def _render(plan: _Plan) -> Phantom:
             tumor_ids[sl][hard] = n
             np.maximum(tumor_occ[sl], occ, out=tumor_occ[sl])
             count = int(np.count_nonzero(tumor_ids[sl] == n))
+            if "rim_hu" in t:  # rim-enhancing: the core inside the rim at the tumor's own HU
+                cv.paint(box, lambda a, b, c, sdf=sdf, w=t["rim_mm"]: sdf(a, b, c) + w, t["hu"], code, liver_clip)
+            if "core_hu" in t:  # calcified: a dense core
+                cv.paint(box, lambda a, b, c, sdf=sdf, w=t["diameter_mm"] * 0.3: sdf(a, b, c) + w, t["core_hu"],
+                         code, liver_clip)
         t["num_voxels"] = count
 
     label = np.zeros(grid.n, dtype=np.uint8)
     label[liver_occ >= 0.5] = LABELS["liver"]
     label[tumor_occ >= 0.5] = LABELS["tumor"]
 
+    dom = plan.domain
+    if dom is not None:
+        _texture_and_blur(cv, grid, dom)
+
     # correlated noise, reconstruction circle
     noise = plan.noise_seed.standard_normal(grid.n, dtype=np.float32)
-    sig = (0.7, 0.7, 0.4)
+    sig = (0.7, 0.7, 0.4) if dom is None else (dom.noise_grain_vox, dom.noise_grain_vox, 0.4)
     noise = ndimage.gaussian_filter(noise, sig, mode="wrap")
     gain = 1.0
     for sd in sig:
@@ -905,6 +1015,8 @@ def _render(plan: _Plan) -> Phantom:
         delta[16] = 1
         gain *= float(np.sqrt(np.sum(ndimage.gaussian_filter1d(delta, sd) ** 2)))
     img = cv.hu + noise * (plan.noise_sigma / gain)
+    if dom is not None and dom.kernel_sharpen_amount > 0:  # sharp kernel: edges and noise enhanced
+        img = img + dom.kernel_sharpen_amount * (img - ndimage.gaussian_filter(img, (1.0, 1.0, 0.0)))
     fov_r = min(grid.n[0] * grid.s[0], grid.n[1] * grid.s[1]) / 2
     cx, cy = plan.lo[0] + grid.n[0] * grid.s[0] / 2, plan.lo[1] + grid.n[1] * grid.s[1] / 2
     outside = ((x2 - cx) ** 2 + (y2 - cy) ** 2) > fov_r**2
@@ -927,12 +1039,17 @@ def _render(plan: _Plan) -> Phantom:
         affine[wax, 3] = plan.lo[wax] + (0.5 * s_w if sign > 0 else (n_w - 0.5) * s_w)
 
     voxel_ml = float(np.prod(plan.s)) / 1000.0
+    spacing_out = [float(plan.s[w]) for w in order]
+    if dom is not None and dom.body_scale != 1.0:  # a smaller body (child): the same voxels, smaller in world mm
+        affine[:3, :] *= dom.body_scale
+        voxel_ml *= dom.body_scale**3
+        spacing_out = [v * dom.body_scale for v in spacing_out]
     tumors_info = [{k: v for k, v in t.items() if not k.startswith("_")} for t in plan.tumors]
     info = {
         "seed": plan.seed,
         "generator": {"name": "liverseg.phantom", "version": GENERATOR_VERSION},
         "shape": [int(plan.n[w]) for w in order],
-        "spacing": [round(float(plan.s[w]), 4) for w in order],
+        "spacing": [round(v, 4) for v in spacing_out],
         "orientation": plan.orientation,
         "liver_volume_ml": round(float(np.count_nonzero(label)) * voxel_ml, 1),
         "tumor_volume_ml": round(float(np.count_nonzero(label == LABELS["tumor"])) * voxel_ml, 2),
@@ -940,7 +1057,26 @@ def _render(plan: _Plan) -> Phantom:
         "noise_sigma_hu": round(plan.noise_sigma, 2),
         "tissue_hu": {k: round(v, 1) for k, v in hu.items() if not k.startswith("tumor_")},
     }
+    if dom is not None:
+        info["domain"] = dom.to_json()
     return Phantom(orient(image), orient(label), affine, orient(cv.tissue), info, orient(tumor_ids))
+
+
+_TEXTURED = ("liver", "spleen", "kidney", "muscle", "heart", "gi_wall", "tumor_hypo", "tumor_hyper")
+
+
+def _texture_and_blur(cv: _Canvas, grid: _Grid, dom: Domain) -> None:
+    """Parenchymal texture (a smooth random field on soft tissue) and the blur of a smooth reconstruction kernel,
+    both before the noise."""
+    if dom.texture_hu > 0:
+        rng = np.random.default_rng(dom.seeds["texture"])
+        field_ = rng.standard_normal(grid.n, dtype=np.float32)
+        field_ = ndimage.gaussian_filter(field_, [dom.texture_mm / s for s in grid.s], mode="wrap")
+        field_ *= dom.texture_hu / max(float(field_.std()), 1e-6)
+        soft = np.isin(cv.tissue, [TISSUES[t] for t in _TEXTURED])
+        cv.hu[soft] += field_[soft]
+    if dom.kernel_blur_mm > 0:
+        cv.hu[...] = ndimage.gaussian_filter(cv.hu, [dom.kernel_blur_mm / s for s in grid.s])
 
 
 def generate_phantom(
@@ -950,6 +1086,7 @@ def generate_phantom(
     spacing: tuple[float, float, float] | None = None,
     orientation: str | None = None,
     num_tumors: int | None = None,
+    domain_randomization: bool = False,
 ) -> Phantom:
     """Generate one synthetic abdominal CT (portal venous phase) with liver and tumor truth.
 
@@ -967,6 +1104,10 @@ def generate_phantom(
         orientation: axis codes of the array, e.g. ``"RAS"`` or ``"LPS"`` (nibabel's convention, any
             permutation of one letter from each of R/L, A/P, S/I).
         num_tumors: number of liver tumors, 0-20 (fewer are placed if the liver has no room left).
+        domain_randomization: also draw contrast phase, calibration, noise and kernel, slice thickness, coverage,
+            body habitus, liver shape, stomach content and lesion appearance from the ranges of
+            :data:`liverseg.phantom_domain.DOMAIN_RANGES` (recorded in ``info["domain"]``). Without ``spacing``
+            the drawn spacing replaces the default one (grids over 24 M voxels are coarsened).
 
     Returns:
         a :class:`Phantom`.
@@ -975,7 +1116,7 @@ def generate_phantom(
         ValueError: bad seed, shape (fewer than 3 values, a dimension < 8), spacing (not positive), orientation,
             number of tumors, or a grid of more than ``MAX_VOXELS`` voxels.
     """
-    return _render(_plan(seed, shape, spacing, orientation, num_tumors))
+    return _render(_plan(seed, shape, spacing, orientation, num_tumors, domain_randomization))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -995,10 +1136,10 @@ def _case_seed(seed: int, index: int, attempt: int) -> int:
     return int(np.random.SeedSequence([int(seed), index, attempt]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _choose_seeds(seed: int, n_cases: int, shape, spacing) -> list[_Plan]:
+def _choose_seeds(seed: int, n_cases: int, shape, spacing, domain_randomization: bool = False) -> list[_Plan]:
     """Per-case seeds derived from ``seed``; some cases re-drawn (deterministically) until the set covers every
     requirement in ``_REQUIREMENTS``."""
-    plans = [_plan(_case_seed(seed, i, 0), shape, spacing, None, None) for i in range(n_cases)]
+    plans = [_plan(_case_seed(seed, i, 0), shape, spacing, None, None, domain_randomization) for i in range(n_cases)]
     locked: set[int] = set()
     for _round in range(len(_REQUIREMENTS)):
         unmet = [name for name, req in _REQUIREMENTS.items() if not any(req(p) for p in plans)]
@@ -1013,7 +1154,7 @@ def _choose_seeds(seed: int, n_cases: int, shape, spacing) -> list[_Plan]:
         met_by_others = {n for n, r in _REQUIREMENTS.items() if any(r(p) for p in others)}
         best, best_score = None, -1
         for attempt in range(1, 200):
-            cand = _plan(_case_seed(seed, idx, attempt), shape, spacing, None, None)
+            cand = _plan(_case_seed(seed, idx, attempt), shape, spacing, None, None, domain_randomization)
             covered = met_by_others | {n for n, r in _REQUIREMENTS.items() if r(cand)}
             score = sum(n in covered for n in _REQUIREMENTS)
             if score > best_score:
@@ -1053,6 +1194,7 @@ def write_phantom_dataset(
     shape: tuple[int, int, int] | None = None,
     spacing: tuple[float, float, float] | None = None,
     progress: Callable[[str, str, Phantom, float], None] | None = None,
+    domain_randomization: bool = False,
 ) -> dict[str, Any]:
     """Write a phantom dataset in nnU-Net's raw layout (``imagesTr/labelsTr``, ``imagesTs/labelsTs``, dataset.json).
 
@@ -1070,6 +1212,7 @@ def write_phantom_dataset(
             ``liver``, ``livertumorNN``, ``portalvein`` and ``venoussystem`` (hepatic veins + IVC).
         shape, spacing: passed to :func:`generate_phantom` (default: drawn per case).
         progress: called as ``progress(case_id, split, phantom, seconds)`` after each case.
+        domain_randomization: randomize each case's look (see :func:`generate_phantom`); off for the sample data.
 
     Returns:
         ``{"root", "dataset_json", "cases": {case_id: {"split", "seed", "image", "label", "info"}}, "ircadb": [...]}``.
@@ -1092,7 +1235,7 @@ def write_phantom_dataset(
         raise ValueError(f"{out_root}: holds other cases ({', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''});"
                          " use an empty folder")
 
-    plans = _choose_seeds(seed, n_cases, shape, spacing)
+    plans = _choose_seeds(seed, n_cases, shape, spacing, domain_randomization)
     cases: dict[str, Any] = {}
     phantoms_info: dict[str, Any] = {}
     ircadb_written: list[str] = []
@@ -1135,6 +1278,7 @@ def write_phantom_dataset(
             "shape": list(shape) if shape is not None else None,
             "spacing": list(spacing) if spacing is not None else None,
             "seeds": {cid: p.seed for cid, p in zip(ids, plans)},
+            **({"domain_randomization": True} if domain_randomization else {}),
         },
         tissues=dict(TISSUES),
         phantoms=phantoms_info,
@@ -1155,15 +1299,19 @@ def _run(args: argparse.Namespace) -> int:
     def show(case_id: str, split: str, ph: Phantom, seconds: float) -> None:
         info = ph.info
         kinds = ",".join(f"{t['kind']}{t['diameter_mm']:.0f}mm" for t in info["tumors"]) or "none"
+        dom = info.get("domain")
+        look = (f" [{dom['contrast_phase']}, {dom['kernel']} kernel, noise {dom['noise_sigma_hu']:.0f} HU, "
+                f"{dom['body_type']}, {dom['partial_coverage']}, stomach {dom['stomach_content']}]") if dom else ""
         print(f"{case_id} {split} {'x'.join(map(str, ph.image.shape))} "
               f"{'x'.join(f'{s:.2f}' for s in info['spacing'])} mm {info['orientation']} "
-              f"liver {info['liver_volume_ml']:.0f} mL tumors {kinds} ({seconds:.1f} s)", flush=True)
+              f"liver {info['liver_volume_ml']:.0f} mL tumors {kinds}{look} ({seconds:.1f} s)", flush=True)
 
     try:
         res = write_phantom_dataset(
             args.out, num_train=args.num_train, num_test=args.num_test, seed=args.seed, ircadb_out=args.ircadb_out,
             ircadb_cases=args.ircadb_cases, shape=tuple(args.shape) if args.shape else None,
-            spacing=tuple(args.spacing) if args.spacing else None, progress=show)
+            spacing=tuple(args.spacing) if args.spacing else None, progress=show,
+            domain_randomization=args.domain_randomization)
     except ValueError as e:
         print(f"error: {e}", flush=True)
         return 2
@@ -1186,4 +1334,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ircadb-cases", type=int, default=1, help="number of test cases for --ircadb-out (default 1)")
     p.add_argument("--shape", type=int, nargs=3, metavar=("I", "J", "K"), help="array shape (default: from spacing)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("SI", "SJ", "SK"), help="voxel size in mm")
+    p.add_argument("--domain-randomization", action="store_true",
+                   help="randomize contrast phase, calibration, noise/kernel, slices, coverage, body, liver shape, "
+                        "neighbours and lesions per case (ranges: liverseg/phantom_domain.py DOMAIN_RANGES)")
     p.set_defaults(func=_run)

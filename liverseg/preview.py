@@ -20,6 +20,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,7 @@ def render_preview(
     window_width: float = 250.0,
     slice_index: int | None = None,
     num_bins: int = 256,
+    note: str | None = None,
 ) -> Path:
     """Write the four-panel preprocessing preview of one CT volume to ``out_png``.
 
@@ -226,6 +228,7 @@ def render_preview(
         slice_index: axial slice to show, as indexed along the file's slice axis; default: the slice with the
             most liver voxels when ``label`` is given, else the middle slice.
         num_bins: histogram bins, for panel (b) and for ``HistogramNormalize``.
+        note: an extra line under the title (the CLI shows a randomized phantom's drawn domain there).
 
     Returns:
         ``out_png``.
@@ -291,13 +294,29 @@ def render_preview(
         how = "most liver" if label is not None else "middle"
     fig.suptitle(
         f"{image.name}: axial slice {data.slice_index} (file index 0..{data.num_slices - 1}; {how}), "
-        "radiological view: patient's right on the left",
+        "radiological view: patient's right on the left" + (f"\n{note}" if note else ""),
         fontsize=12,
     )
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     logger.info("%s: wrote preview of slice %d (%s) to %s", image, data.slice_index, window_txt, out_png)
     return out_png
+
+
+def domain_note(root: str | Path, case_id: str) -> str | None:
+    """Two lines describing a domain-randomized phantom's draw (from ``dataset.json``), or None."""
+    try:
+        meta = json.loads((Path(root) / "dataset.json").read_text())
+        d = meta["phantoms"][case_id]["domain"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    shape = d["liver_shape"]
+    liver = ("cirrhotic" if shape.get("nodularity_mm") else "resected" if shape.get("resection")
+             else "Riedel's lobe" if shape.get("riedel_scale", 1.0) > 1.0 else "usual shape")
+    return (f"domain: {d['contrast_phase'].replace('_', ' ')}, liver {d['tissue_hu']['liver']:.0f} HU, "
+            f"{d['kernel']} kernel, noise {d['noise_sigma_hu']:.0f} HU;\n{d['body_type']} body, "
+            f"coverage {d['partial_coverage'].replace('_', ' ')}, stomach {d['stomach_content'].replace('_', ' ')}, "
+            f"liver {liver}")
 
 
 def _run_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -310,10 +329,12 @@ def _run_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error("--label goes with --image; with ROOT the case's own label is used")
         case = find_case(args.root, args.case)
         image, label = case.image, case.label
+        note = domain_note(args.root, args.case)
     else:
         if args.case is not None:
             parser.error("--case needs ROOT")
         image, label = args.image, args.label
+        note = None
     out = render_preview(
         image,
         args.out,
@@ -321,6 +342,7 @@ def _run_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         window_center=args.window_center,
         window_width=args.window_width,
         slice_index=args.slice,
+        note=note,
     )
     print(out)
     return 0

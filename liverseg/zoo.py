@@ -17,16 +17,24 @@ a zip of the bundle folder.
   selection of codes.
 - The zoo's pre-commit hooks (pre-commit-hooks, rev v5.0.0) that need no git repository, on a scratch copy.
 
-Command line: ``python -m liverseg.zoo {large-files,build,check}`` (``make zoo-bundle`` runs build and check).
+``run_zoo_ci`` runs the zoo's own scripts instead, in a local checkout of the model zoo (``make zoo-ci
+ZOO_CHECKOUT=DIR``): the built bundle is copied into ``DIR/models/``, then each hook of ``DIR/.pre-commit-config.yaml``
+is run directly (its tool and arguments, from ``.cache/zoo-tools-venv``), isort / black / flake8 as ``runtests.sh
+--codeformat`` runs them, ``DIR/ci/verify_bundle.py`` in ``min`` and ``full`` modes with CUDA hidden, and its
+GPU-path functions (``verify_net_in_out``, ``verify_torchscript``) with ``device="cpu", n=1``.
+
+Command line: ``python -m liverseg.zoo {large-files,build,check,zoo-ci}`` (``make zoo-bundle`` runs build and check).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -293,7 +301,10 @@ def style_checks(root: Path) -> dict[str, str]:
     py = sys.executable
     return {
         "black --check (line length 120)": _run(
-            [py, "-m", "black", "--check", "--config", str(root / "pyproject.toml"), *targets], root
+            # the zoo's runtests.sh --codeformat runs black with --skip-magic-trailing-comma
+            [py, "-m", "black", "--check", "--skip-magic-trailing-comma", "--config", str(root / "pyproject.toml")]
+            + targets,
+            root,
         ),
         "isort --check-only (profile black, 120)": _run(
             [py, "-m", "isort", "--check-only", "--settings-path", str(root / "setup.cfg"), *targets], root
@@ -432,6 +443,252 @@ def check_zoo_bundle(
     return results
 
 
+# --- the model zoo's own CI scripts, run on a local checkout of the zoo (``zoo-ci``) ---------------------------------
+
+ZOO_CLONE_URL = "https://github.com/Project-MONAI/model-zoo"
+DEFAULT_TOOLS_VENV = REPO / ".cache" / "zoo-tools-venv"
+# The hooks of pre-commit/pre-commit-hooks (rev v5.0.0, its .pre-commit-hooks.yaml) and of the formatter repositories
+# the zoo's config has had: hook id -> (console script, file types the hook takes; all must match). pre-commit passes
+# a hook only the files of its types; a hook with no such file is skipped.
+HOOK_TOOLS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "check-added-large-files": ("check-added-large-files", ()),
+    "check-ast": ("check-ast", ("python",)),
+    "check-case-conflict": ("check-case-conflict", ()),
+    "check-docstring-first": ("check-docstring-first", ("python",)),
+    "check-executables-have-shebangs": ("check-executables-have-shebangs", ("text", "executable")),
+    "check-json": ("check-json", ("json",)),
+    "check-merge-conflict": ("check-merge-conflict", ("text",)),
+    "check-shebang-scripts-are-executable": ("check-shebang-scripts-are-executable", ("text",)),
+    "check-toml": ("check-toml", ("toml",)),
+    "check-xml": ("check-xml", ("xml",)),
+    "check-yaml": ("check-yaml", ("yaml",)),
+    "debug-statements": ("debug-statement-hook", ("python",)),
+    "detect-private-key": ("detect-private-key", ("text",)),
+    "end-of-file-fixer": ("end-of-file-fixer", ("text",)),
+    "fix-byte-order-marker": ("fix-byte-order-marker", ("text",)),
+    "forbid-new-submodules": ("forbid-new-submodules", ("directory",)),
+    "mixed-line-ending": ("mixed-line-ending", ("text",)),
+    "pretty-format-json": ("pretty-format-json", ("json",)),
+    "trailing-whitespace": ("trailing-whitespace-fixer", ("text",)),
+    "black": ("black", ("python",)),
+    "isort": ("isort", ("python",)),
+    "flake8": ("flake8", ("python",)),
+    "pyupgrade": ("pyupgrade", ("python",)),
+}
+_EXTENSION_TAGS = {".py": "python", ".json": "json", ".yml": "yaml", ".yaml": "yaml", ".toml": "toml", ".xml": "xml"}
+
+
+class ZooCheckoutMissing(FileNotFoundError):
+    """The folder given as the model zoo checkout is not one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreCommitHook:
+    """One hook of a ``.pre-commit-config.yaml``: what pre-commit would run and on which files."""
+
+    repo: str
+    rev: str
+    id: str
+    args: tuple[str, ...] = ()
+    files: str = ""  # regular expressions searched in the path relative to the repository root, as pre-commit does
+    exclude: str = "^$"
+
+
+def read_pre_commit_config(path: str | Path) -> list[PreCommitHook]:
+    """The hooks of a pre-commit config in their order (commented-out ones are not hooks); the config's top-level
+    ``files`` / ``exclude`` are combined with each hook's own."""
+    import yaml
+
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    top_files, top_exclude = config.get("files", ""), config.get("exclude", "^$")
+    hooks = []
+    for repo in config.get("repos") or []:
+        for hook in repo.get("hooks") or []:
+            excludes = [e for e in (top_exclude, hook.get("exclude", "^$")) if e != "^$"]
+            hooks.append(
+                PreCommitHook(
+                    repo=str(repo.get("repo", "")),
+                    rev=str(repo.get("rev", "")),
+                    id=str(hook["id"]),
+                    args=tuple(str(a) for a in hook.get("args") or ()),
+                    files="|".join(f"(?:{f})" for f in (top_files, hook.get("files", "")) if f),
+                    exclude="|".join(f"(?:{e})" for e in excludes) or "^$",
+                )
+            )
+    return hooks
+
+
+def file_tags(path: Path) -> set[str]:
+    """The pre-commit (``identify``) tags of ``path`` that the hooks above select on."""
+    if path.is_dir():
+        return {"directory"}
+    tags = {"file"}
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    tags.add("binary" if b"\0" in head else "text")
+    if path.suffix in _EXTENSION_TAGS:
+        tags.add(_EXTENSION_TAGS[path.suffix])
+    tags.add("executable" if os.access(path, os.X_OK) else "non-executable")
+    return tags
+
+
+def hook_files(hook: PreCommitHook, files: list[str], root: Path) -> list[str] | None:
+    """The files (relative to ``root``) that pre-commit would pass to ``hook``; None for a hook with no known tool."""
+    if hook.id not in HOOK_TOOLS:
+        return None
+    types = set(HOOK_TOOLS[hook.id][1])
+    return [
+        f
+        for f in files
+        if (not hook.files or re.search(hook.files, f))
+        and not re.search(hook.exclude, f)
+        and types <= file_tags(root / f)
+    ]
+
+
+def _tools_bin(tools_venv: Path | None) -> Path:
+    if tools_venv is not None and (tools_venv / "bin").is_dir():
+        return tools_venv / "bin"
+    return Path(sys.executable).parent
+
+
+def run_pre_commit_hooks(
+    checkout: Path, files: list[str], tools_venv: Path | None = DEFAULT_TOOLS_VENV
+) -> dict[str, str]:
+    """Each hook of ``checkout/.pre-commit-config.yaml`` run directly (its console script, its args) on ``files``
+    (relative to the checkout), as pre-commit would without cloning the hook repositories. The fixers fix in place:
+    a hook that changed a file fails, as in pre-commit. ``check-added-large-files`` gets ``--enforce-all`` (every file
+    of the submission counts as added, whatever git's index holds)."""
+    bindir = _tools_bin(tools_venv)
+    results: dict[str, str] = {}
+    for hook in read_pre_commit_config(checkout / ".pre-commit-config.yaml"):
+        name = f"pre-commit {hook.id} {' '.join(hook.args)}".rstrip()
+        if name in results:
+            name += " (again)"
+        selected = hook_files(hook, files, checkout)
+        if selected is None:
+            results[name] = f"not run: no local tool known for hook {hook.id!r} of {hook.repo}"
+            continue
+        if not selected:
+            results[name] = "ok"  # pre-commit: "(no files to check) Skipped"
+            continue
+        tool = bindir / HOOK_TOOLS[hook.id][0]
+        if not tool.exists():
+            results[name] = f"not run: {tool} is missing (pip install pre-commit-hooks=={hook.rev.lstrip('v')})"
+            continue
+        extra = ["--enforce-all"] if hook.id == "check-added-large-files" else []
+        results[name] = _run([str(tool), *hook.args, *extra, *selected], checkout)
+    return results
+
+
+def zoo_code_format_checks(checkout: Path, targets: list[str], tools_venv: Path | None = DEFAULT_TOOLS_VENV) -> dict:
+    """isort, black and flake8 as the zoo's ``runtests.sh --codeformat`` runs them, with the checkout's settings
+    (``setup.cfg``, ``pyproject.toml``), on ``targets`` (relative to the checkout)."""
+    bindir = _tools_bin(tools_venv)
+    return {
+        "runtests.sh --codeformat: isort --check": _run([str(bindir / "isort"), "--check", *targets], checkout),
+        "runtests.sh --codeformat: black --skip-magic-trailing-comma --check": _run(
+            [str(bindir / "black"), "--skip-magic-trailing-comma", "--check", *targets], checkout
+        ),
+        "runtests.sh --codeformat: flake8": _run([str(bindir / "flake8"), *targets, "--count"], checkout),
+    }
+
+
+# Run from the checkout root with ci/ on the path: the GPU-path functions of ci/verify_bundle.py, on the CPU with n=1.
+_GPU_PATH_ON_CPU = """
+import os, sys
+sys.path[:0] = ["ci", {bundle_path!r}]
+import torch
+import verify_bundle
+from monai.bundle import verify_net_in_out
+b = {bundle_path!r}
+verify_net_in_out(net_id=verify_bundle._get_net_id({bundle!r}), meta_file=os.path.join(b, "configs/metadata.json"),
+                  config_file=os.path.join(b, "configs/inference.json"), bundle_root=b, device="cpu", n=1)
+model_name, ts_name = verify_bundle._get_weights_names({bundle!r})
+verify_bundle.verify_torchscript(b, verify_bundle._get_net_id({bundle!r}), "configs/inference.json", model_name,
+                                 ts_name)
+torch.jit.load(os.path.join(b, "models/verify_model.ts"), map_location="cpu")
+"""
+
+
+def install_into_zoo_checkout(checkout: Path, built: Path, schema: Path, weights_source: Path) -> list[str]:
+    """Copy the built submission into the checkout (``models/<bundle>``, ``ci/unit_tests``), return its files
+    (relative to the checkout), then do offline what the zoo's CI does before ``verify_bundle.py``: the metadata
+    schema into ``eval/schema.json`` (``prepare_schema.py``; our copy when it is the schema the metadata names) and
+    the weights where ``large_files.yml`` puts them (``download_large_files`` then finds them, checks their hash and
+    downloads nothing)."""
+    src, dst = built / "models" / BUNDLE_NAME, checkout / "models" / BUNDLE_NAME
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    files = [str(p.relative_to(checkout)) for p in sorted(dst.rglob("*")) if p.is_file()]
+    for test in sorted((built / "ci" / "unit_tests").glob("test_*.py")):
+        (checkout / "ci" / "unit_tests").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(test, checkout / "ci" / "unit_tests" / test.name)
+        files.append(f"ci/unit_tests/{test.name}")
+    schema_url = json.loads((dst / "configs" / "metadata.json").read_text())["schema"]
+    (dst / "eval").mkdir(exist_ok=True)
+    if schema.name == schema_url.rsplit("/", 1)[-1]:
+        shutil.copy2(schema, dst / "eval" / "schema.json")
+    else:  # another schema than our copy: let the zoo's script download it
+        subprocess.run([sys.executable, "ci/prepare_schema.py", "--l", BUNDLE_NAME], cwd=checkout, check=True)
+    fetch_large_files(dst, weights_source)
+    return files
+
+
+def run_zoo_ci(
+    checkout: str | Path,
+    built: str | Path = DEFAULT_OUT,
+    schema: str | Path = DEFAULT_SCHEMA,
+    weights_source: str | Path = DEFAULT_BUNDLE,
+    tools_venv: str | Path | None = DEFAULT_TOOLS_VENV,
+    unit_tests: bool = False,
+) -> dict[str, str]:
+    """The zoo's own CI scripts on the built submission, in a local checkout of the model zoo: pre-commit hooks per
+    its config, its code-format checks, ``ci/verify_bundle.py`` in ``min`` and ``full`` modes (CUDA hidden, so its
+    GPU steps run on the CPU at n=1) and those GPU-path functions called with ``device="cpu", n=1``; with
+    ``unit_tests``, ``ci/unit_tests/runner.py``. Returns ``{check: "ok" or what went wrong}``."""
+    checkout, built = Path(checkout).resolve(), Path(built).resolve()
+    tools = Path(tools_venv).resolve() if tools_venv else None
+    if not (checkout / "ci" / "verify_bundle.py").is_file() or not (checkout / ".pre-commit-config.yaml").is_file():
+        raise ZooCheckoutMissing(
+            f"{checkout} is not a checkout of the MONAI model zoo (no ci/verify_bundle.py or .pre-commit-config.yaml):"
+            f" git clone {ZOO_CLONE_URL} {checkout}"
+        )
+    if not (built / "models" / BUNDLE_NAME / "configs" / "metadata.json").is_file():
+        raise FileNotFoundError(f"{built} holds no built zoo bundle: run `make zoo-bundle` first")
+    files = install_into_zoo_checkout(checkout, built, Path(schema), Path(weights_source))
+    results = run_pre_commit_hooks(checkout, files, tools)
+    py_files = [f for f in files if f.endswith(".py")]
+    results.update(zoo_code_format_checks(checkout, py_files, tools))
+    env = {**os.environ, "PYTHONPATH": str(checkout), "CUDA_VISIBLE_DEVICES": ""}
+
+    def run(cmd: list[str]) -> str:
+        res = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, timeout=1800, check=False)
+        return "ok" if res.returncode == 0 else (res.stdout + res.stderr).strip()[-3000:]
+
+    verify = [sys.executable, "ci/verify_bundle.py", "-b", BUNDLE_NAME]
+    results[f"ci/verify_bundle.py -b {BUNDLE_NAME} -m min"] = run([*verify, "-m", "min"])
+    results[f"ci/verify_bundle.py -b {BUNDLE_NAME} -m full (CUDA hidden: CPU, n=1)"] = run([*verify, "-m", "full"])
+    code = _GPU_PATH_ON_CPU.format(bundle=BUNDLE_NAME, bundle_path=f"models/{BUNDLE_NAME}")
+    results["verify_net_in_out(device='cpu', n=1) + verify_torchscript"] = run([sys.executable, "-c", code])
+    if unit_tests:
+        runner = [sys.executable, "ci/unit_tests/runner.py", "--b", BUNDLE_NAME]
+        results[f"ci/unit_tests/runner.py --b {BUNDLE_NAME}"] = run(runner)
+    return results
+
+
+def print_results_table(results: dict[str, str]) -> None:
+    width = max(len(k) for k in results)
+    for name, res in results.items():
+        print(f"{name:<{width}}  {'pass' if res == 'ok' else 'FAIL'}")
+    for name, res in results.items():
+        if res != "ok":
+            print(f"\n--- {name}:\n{res}")
+    failed = sum(r != "ok" for r in results.values())
+    print(f"\n{len(results) - failed} passed, {failed} failed")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m liverseg.zoo", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -448,6 +705,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--weights-from", default=str(DEFAULT_BUNDLE), help="bundle folder with the weights to fetch")
     c.add_argument("--device", default="cpu")
     c.add_argument("--unit-tests", action="store_true", help="also run ci/unit_tests on the folder")
+    z = sub.add_parser("zoo-ci", help="run the zoo's own CI scripts on the built layout, in a local zoo checkout")
+    z.add_argument("--zoo-checkout", required=True, help=f"a clone of {ZOO_CLONE_URL} (models/ is written into)")
+    z.add_argument("--out", default=str(DEFAULT_OUT), help="the built layout (make zoo-bundle)")
+    z.add_argument("--schema", default=str(DEFAULT_SCHEMA))
+    z.add_argument("--weights-from", default=str(DEFAULT_BUNDLE), help="bundle folder with the weights to fetch")
+    z.add_argument("--tools-venv", default=str(DEFAULT_TOOLS_VENV), help="venv with pre-commit-hooks, black, ...")
+    z.add_argument("--unit-tests", action="store_true", help="also run ci/unit_tests/runner.py (if the zoo has it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "large-files":
@@ -455,6 +719,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "build":
         folder = build_zoo_bundle(args.bundle, args.out, make_zip=not args.no_zip)
         logger.info("bundle folder: %s", folder)
+    elif args.command == "zoo-ci":
+        try:
+            results = run_zoo_ci(
+                args.zoo_checkout, args.out, args.schema, args.weights_from, args.tools_venv, args.unit_tests
+            )
+        except (ZooCheckoutMissing, FileNotFoundError) as e:
+            print(f"zoo-ci: {e}", file=sys.stderr)
+            return 2
+        print_results_table(results)
+        return 0 if all(v == "ok" for v in results.values()) else 1
     else:
         try:
             results = check_zoo_bundle(args.out, args.schema, args.weights_from, args.device, args.unit_tests)

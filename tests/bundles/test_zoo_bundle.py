@@ -127,3 +127,72 @@ def test_required_packages_install_on_the_zoos_python_3_10():
 
     md = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     assert Version(md["required_packages_version"]["scipy"]) < Version("1.16")
+
+
+# --- `python -m liverseg.zoo zoo-ci`: the zoo's own CI scripts in a local zoo checkout (the parts that need none) ---
+
+PRE_COMMIT_YAML = """\
+exclude: '.*\\.ipynb$'
+repos:
+  - repo: https://github.com/pre-commit/pre-commit-hooks
+    rev: v5.0.0
+    hooks:
+      - id: end-of-file-fixer
+      - id: trailing-whitespace
+        exclude: '.*\\.(ts|pt)$'
+      - id: check-added-large-files
+        args: ['--maxkb=1024']
+      - id: pretty-format-json
+        args: ['--autofix', '--no-sort-keys', '--indent=4']
+  # - repo: https://github.com/psf/black
+  #   rev: 21.7b0
+  #   hooks:
+  #     - id: black
+  - repo: https://example.org/some-hooks
+    rev: v1
+    hooks:
+      - id: some-unknown-hook
+"""
+
+
+def test_zoo_ci_without_a_checkout_says_so_in_one_line(tmp_path, capsys):
+    assert zoo.main(["zoo-ci", "--zoo-checkout", str(tmp_path / "model-zoo")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "not a checkout of the MONAI model zoo" in err
+    assert "git clone https://github.com/Project-MONAI/model-zoo" in err
+
+
+def test_pre_commit_config_hooks_and_their_files(tmp_path):
+    (tmp_path / ".pre-commit-config.yaml").write_text(PRE_COMMIT_YAML)
+    hooks = zoo.read_pre_commit_config(tmp_path / ".pre-commit-config.yaml")
+    assert [h.id for h in hooks] == [
+        "end-of-file-fixer", "trailing-whitespace", "check-added-large-files", "pretty-format-json", "some-unknown-hook"
+    ]
+    assert hooks[2].args == ("--maxkb=1024",) and hooks[3].args == ("--autofix", "--no-sort-keys", "--indent=4")
+    assert hooks[0].rev == "v5.0.0" and hooks[0].repo.endswith("pre-commit-hooks")
+    b = tmp_path / "models" / "b"
+    (b / "models").mkdir(parents=True)
+    (b / "a.json").write_text('{"a": 1}\n')
+    (b / "s.py").write_text('"""S."""\n')
+    (b / "n.ipynb").write_text("{}\n")
+    (b / "models" / "m.pt").write_bytes(b"PK\0\0weights")
+    files = sorted(str(p.relative_to(tmp_path)) for p in b.rglob("*") if p.is_file())
+    selected = {h.id: zoo.hook_files(h, files, tmp_path) for h in hooks}
+    assert selected["end-of-file-fixer"] == ["models/b/a.json", "models/b/s.py"]  # text only, no notebook
+    assert selected["trailing-whitespace"] == ["models/b/a.json", "models/b/s.py"]
+    assert selected["check-added-large-files"] == ["models/b/a.json", "models/b/models/m.pt", "models/b/s.py"]
+    assert selected["pretty-format-json"] == ["models/b/a.json"]
+    assert selected["some-unknown-hook"] is None
+
+
+def test_pre_commit_hooks_run_directly_report_failures(tmp_path):
+    (tmp_path / ".pre-commit-config.yaml").write_text(PRE_COMMIT_YAML)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "a.json").write_text('{"a": 1}')  # no final newline, not indented by 4
+    (tmp_path / "models" / "ok.txt").write_text("fine\n")
+    res = zoo.run_pre_commit_hooks(tmp_path, ["models/a.json", "models/ok.txt"], tools_venv=None)
+    assert res["pre-commit end-of-file-fixer"] != "ok"
+    assert res["pre-commit pretty-format-json --autofix --no-sort-keys --indent=4"] != "ok"
+    assert res["pre-commit trailing-whitespace"] == "ok"  # (check-added-large-files needs a git checkout)
+    assert res["pre-commit some-unknown-hook"].startswith("not run")

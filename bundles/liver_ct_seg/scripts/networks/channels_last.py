@@ -75,13 +75,7 @@ class ChannelsLastConv3d(nn.Conv3d):
         if bias is not None:
             bias = bias.repeat(2)
         y = torch.mkldnn_convolution(
-            x,
-            weight.contiguous(memory_format=torch.channels_last_3d),
-            bias,
-            self.padding,
-            (1, 1, 2),
-            self.dilation,
-            1,
+            x, weight.contiguous(memory_format=torch.channels_last_3d), bias, self.padding, (1, 1, 2), self.dilation, 1
         )
         n, _, d, h, w_half = y.shape
         # a single input channel is ambiguous in layout, and oneDNN then answers channels-first
