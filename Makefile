@@ -1,5 +1,6 @@
 # Two commands for a fresh machine (see README.md):
 #   make serve   install everything, then start the MONAI Label server with the liver app on the sample data
+#   make serve-pacs   the same with a local Orthanc (DICOMweb) holding the sample DICOM study, for OHIF
 #   make test    install everything, then run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +11,7 @@ PORT ?= 8000
 STUDIES ?= sample-data/Dataset001_LiverPhantom/imagesTs
 CACHE := .cache
 
-.PHONY: install system-deps serve test sample-data weights score-weights comparison lint clean zoo-bundle real-eval
+.PHONY: install system-deps serve serve-pacs test sample-data weights score-weights comparison lint clean zoo-bundle real-eval
 
 install: $(VENV)/.installed
 
@@ -24,6 +25,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 serve: install
 	$(PY) -m liverseg serve --host $(HOST) --port $(PORT) --studies $(STUDIES)
+
+# OHIF mode: Orthanc (apt-get install orthanc orthanc-dicomweb) started with its own config and storage under
+# .cache/serve-pacs/orthanc, the sample DICOM study uploaded, the server on its DICOMweb URL; prints the OHIF address.
+# Ctrl-C stops both. Without Orthanc it says what to install (make serve works in NIfTI-folder mode).
+PACS_PORT ?= 8042
+serve-pacs: install
+	$(PY) -m liverseg serve --pacs --host $(HOST) --port $(PORT) --pacs-port $(PACS_PORT)
 
 # The real LiTS-117 case ships inside a PyPI wheel; fetch it once so its tests run.
 $(CACHE)/wheels/.fetched: | install
@@ -109,6 +117,24 @@ comparison: install
 zoo-bundle: install
 	$(PY) -m liverseg.zoo build --out $(CACHE)/zoo-bundle
 	$(PY) -m liverseg.zoo check --out $(CACHE)/zoo-bundle --unit-tests
+
+# The zoo's own CI scripts on that bundle, in a local clone of the model zoo (git clone
+# https://github.com/Project-MONAI/model-zoo DIR; its models/ is written into): each hook of its .pre-commit-config.yaml
+# run directly (tools in $(CACHE)/zoo-tools-venv, pinned as the zoo pins them), its code-format checks,
+# ci/verify_bundle.py -m min and -m full with CUDA hidden, and the GPU-path functions on the CPU with n=1.
+ZOO_CHECKOUT ?=
+ZOO_TOOLS := $(CACHE)/zoo-tools-venv
+ZOO_TOOL_PACKAGES := pre-commit-hooks==5.0.0 black==24.10.0 isort==5.13.2 flake8==7.5.0 flake8-bugbear==26.10.27 \
+	flake8-comprehensions==3.17.0 flake8-executable==2.1.3 pep8-naming==0.15.1
+$(ZOO_TOOLS)/.installed:
+	$(PYTHON) -m venv $(ZOO_TOOLS)
+	$(ZOO_TOOLS)/bin/pip install --quiet $(ZOO_TOOL_PACKAGES)
+	touch $@
+.PHONY: zoo-ci
+zoo-ci: install $(ZOO_TOOLS)/.installed
+	@if [ -z "$(ZOO_CHECKOUT)" ]; then echo "zoo-ci: set ZOO_CHECKOUT=DIR, a clone of https://github.com/Project-MONAI/model-zoo"; exit 2; fi
+	$(PY) -m liverseg.zoo build --out $(CACHE)/zoo-bundle
+	$(PY) -m liverseg.zoo zoo-ci --zoo-checkout $(ZOO_CHECKOUT) --out $(CACHE)/zoo-bundle --tools-venv $(ZOO_TOOLS)
 
 lint: install
 	$(PY) -m flake8 liverseg apps bundles tests

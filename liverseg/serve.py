@@ -17,6 +17,13 @@ passed to monailabel's DICOMweb datastore: nothing is copied, the series are fet
 first used, and saved ``final`` labels are stored back as DICOM SEG. Before starting, ``liverseg serve`` checks that
 the URL answers a QIDO-RS query and that dcmqi's ``itkimage2segimage`` is installed (without it monailabel tries to
 download it from GitHub at start-up and stops when offline).
+
+``--pacs`` (``make serve-pacs``) brings its own DICOMweb server: Orthanc with its DICOMweb plugin (Debian:
+``apt-get install orthanc orthanc-dicomweb``) is started with its own configuration and storage under
+``<workdir>/orthanc`` (default workdir ``.cache/serve-pacs``; remote access refused, DICOM port off), the sample DICOM
+study (``--pacs-dicom``, default the synthetic CT in ``sample-data/3Dircadb-phantom``) is uploaded to it, the server
+runs on its DICOMweb URL, and the OHIF address of the study is printed once the server answers. Orthanc stops with
+the server (Ctrl-C or SIGTERM); what OHIF saves stays in Orthanc's storage for the next start.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,6 +49,7 @@ from pathlib import Path
 from typing import Sequence
 
 from liverseg.errors import LiverSegError
+from liverseg.pacs import SAMPLE_DICOM
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +58,8 @@ DEFAULT_APP = REPO_ROOT / "apps" / "liver"
 DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "liver_ct_seg"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 NNUNET_CHANNEL = "_0000"
+DEFAULT_WORKDIR = ".cache/serve"
+PACS_WORKDIR = ".cache/serve-pacs"
 APP_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "model", "logs", "bin", ".pytest_cache")
 
 SERVER_ENV = {
@@ -190,7 +202,7 @@ def server_env(workdir: Path) -> dict[str, str]:
 
 def prepare(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str]:
     """Everything but starting the server: returns ``(command, environment, url)``."""
-    workdir = Path(args.workdir).resolve()
+    workdir = Path(args.workdir or DEFAULT_WORKDIR).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if not 0 < args.port < 65536:
         raise LiverSegError(f"--port {args.port}: must be in 1..65535")
@@ -275,8 +287,9 @@ def configure_access(env: dict[str, str], host: str, port: int, workdir: Path, a
         raise LiverSegError(str(e)) from e
 
 
-def run_server(cmd: list[str], env: dict[str, str], url: str) -> int:
-    """Run the server in the foreground; Ctrl-C (or SIGTERM) stops it and returns 0."""
+def run_server(cmd: list[str], env: dict[str, str], url: str, holder: dict | None = None) -> int:
+    """Run the server in the foreground; Ctrl-C (or SIGTERM) stops it and returns 0. ``holder["proc"]`` gets the
+    server process."""
     print(f"MONAI Label server starting: API and docs at {url}  (OHIF viewer: {url}ohif/ , needs a DICOMweb datastore)")
     print("3D Slicer: MONAI Label module, server address " + url.rstrip("/") + " ; stop with Ctrl-C", flush=True)
 
@@ -285,6 +298,8 @@ def run_server(cmd: list[str], env: dict[str, str], url: str) -> int:
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     proc = subprocess.Popen(cmd, env=env)
+    if holder is not None:
+        holder["proc"] = proc
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -307,6 +322,10 @@ def run_server(cmd: list[str], env: dict[str, str], url: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.workdir is None:
+        args.workdir = PACS_WORKDIR if args.pacs else DEFAULT_WORKDIR
+    if args.pacs:
+        return run_pacs(args)
     cmd, env, url = prepare(args)
     if args.dry_run:
         print(" ".join(cmd))
@@ -316,6 +335,88 @@ def _run(args: argparse.Namespace) -> int:
     if is_dicomweb(studies):
         check_dicomweb_server(studies)
     return run_server(cmd, env, url)
+
+
+def ohif_urls(url: str, study_uids: Sequence[str]) -> list[str]:
+    """The OHIF addresses of the studies: the viewer, and the MONAI Label mode (auto-segmentation, clicks, save)."""
+    uids = ",".join(study_uids)
+    base = url.rstrip("/")
+    return [f"{base}/ohif/viewer?StudyInstanceUIDs={uids}", f"{base}/ohif/monai-label?StudyInstanceUIDs={uids}"]
+
+
+def _announce_when_ready(url: str, lines: Sequence[str], proc_alive, timeout: float = 3600.0) -> None:
+    """Print ``lines`` once the server answers ``GET /info/`` (polled from a daemon thread)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc_alive():
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/info/", timeout=5) as r:
+                if r.status == 200:
+                    print("\n".join(lines), flush=True)
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1.0)
+
+
+def run_pacs(args: argparse.Namespace) -> int:
+    """``--pacs``: Orthanc with the sample DICOM study, then the server on its DICOMweb URL; Orthanc stops with it.
+
+    Raises:
+        LiverSegError: Orthanc or its DICOMweb plugin is not installed (with the install command), a port is taken,
+            the DICOM folder is missing or holds no DICOM study.
+    """
+    from liverseg import pacs
+
+    if pacs.missing_orthanc():
+        what = "Orthanc" if not pacs.orthanc_binary() else "Orthanc's DICOMweb plugin"
+        raise LiverSegError(
+            f"serve-pacs (--pacs) needs Orthanc and its DICOMweb plugin, {what} is not installed: "
+            f"{pacs.ORTHANC_INSTALL} (as root); without it `make serve` works in NIfTI-folder mode (3D Slicer)"
+        )
+    dicom = Path(args.pacs_dicom)
+    if not dicom.is_dir():
+        raise LiverSegError(f"--pacs-dicom {dicom}: not a folder (expected a DICOM series folder, one file per slice)")
+    if not 0 < args.pacs_port < 65536 or args.pacs_port == args.port:
+        raise LiverSegError(f"--pacs-port {args.pacs_port}: must be in 1..65535 and differ from --port {args.port}")
+    orthanc = pacs.Orthanc(Path(args.workdir).resolve() / "orthanc", port=args.pacs_port)
+    if args.dry_run:
+        args.studies = orthanc.dicomweb_url
+        print(" ".join(prepare(args)[0]))
+        return 0
+    check_port(args.host, args.port)
+
+    def _stop(signum, frame):  # SIGTERM while Orthanc starts or the study uploads: clean up as for Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        orthanc.start()
+        orthanc.upload_folder(dicom)
+        uids = pacs.study_uids(dicom)
+        args.studies = orthanc.dicomweb_url
+        cmd, env, url = prepare(args)
+        print(f"Orthanc (DICOMweb) at {orthanc.dicomweb_url} with the study of {dicom}; storage {orthanc.root}")
+        viewer, monai_label = ohif_urls(url, uids)
+        lines = [
+            "",
+            f"OHIF viewer:          {viewer}",
+            f"OHIF with MONAI Label: {monai_label}",
+            "  (auto-segment in the MONAI Label panel; save with 'Export DICOM SEG' in the Segmentation panel)",
+            "",
+        ]
+        holder: dict = {}
+        threading.Thread(
+            target=_announce_when_ready,
+            args=(url, lines, lambda: holder.get("proc") is None or holder["proc"].poll() is None),
+            daemon=True,
+        ).start()
+        return run_server(cmd, env, url, holder=holder)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        orthanc.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -341,7 +442,24 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         metavar=("KEY", "VALUE"),
         help="app option, repeatable, e.g. --conf variants unet,aunet,dalunet",
     )
-    p.add_argument("--workdir", default=".cache/serve", help="runtime folder: datastore, app copy, weights, logs")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help=f"runtime folder: datastore, app copy, weights, logs (default {DEFAULT_WORKDIR}; with --pacs "
+        f"{PACS_WORKDIR})",
+    )
+    p.add_argument(
+        "--pacs",
+        action="store_true",
+        help="start Orthanc (apt-get install orthanc orthanc-dicomweb) with the sample DICOM study and serve it "
+        "(OHIF mode; ignores --studies)",
+    )
+    p.add_argument("--pacs-port", type=int, default=8042, help="Orthanc's HTTP port with --pacs (default 8042)")
+    p.add_argument(
+        "--pacs-dicom",
+        default=str(SAMPLE_DICOM),
+        help="DICOM series folder uploaded to Orthanc with --pacs (default: the synthetic CT in sample-data)",
+    )
     p.add_argument("--dry-run", action="store_true", help="prepare the workdir and print the server command only")
     p.set_defaults(func=_run)
 

@@ -41,6 +41,7 @@ __all__ = [
     "write_seg",
     "build_seg",
     "segment_descriptions",
+    "code_segment",
     "ALGORITHM_TYPES",
     "LIVER_CODE",
     "NEOPLASM_CODE",
@@ -107,6 +108,27 @@ def segment_descriptions(algorithm_type: str, algorithm: Algorithm | None, value
             )
         )
     return out
+
+
+def _code_item(code: Code) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
+    return item
+
+
+def code_segment(item: Dataset, value: int) -> None:
+    """Code a ``SegmentSequence`` item as the project codes label ``value`` (category, type, anatomic region; the
+    segment's number, label and algorithm stay): for SEGs written by others, e.g. OHIF's, which codes every segment
+    as "Tissue" (T-D0050, SRT)."""
+    if value not in _SEGMENTS:
+        raise ValueError(f"unknown label value {value}; valid: {sorted(_SEGMENTS)}")
+    _, category, kind, region = _SEGMENTS[value]
+    item.SegmentedPropertyCategoryCodeSequence = [_code_item(category)]
+    item.SegmentedPropertyTypeCodeSequence = [_code_item(kind)]
+    if region is not None:
+        item.AnatomicRegionSequence = [_code_item(region)]
+    elif "AnatomicRegionSequence" in item:
+        del item.AnatomicRegionSequence
 
 
 # attributes highdicom copies from the source images that DICOM allows to be empty (type 2) but some series lack

@@ -126,6 +126,7 @@ class Server:
         self.host = "127.0.0.1"  # what the server binds (tests of an exposed server set "0.0.0.0")
         self.headers: dict[str, str] = {}  # sent with the readiness and liveness checks (a token when required)
         self.env: dict[str, str] = {}  # extra environment of the server process
+        self.args: list[str] = []  # extra arguments of `liverseg serve` (e.g. --pacs)
         self.proc: subprocess.Popen | None = None
         self.log = workdir / "serve.log"
 
@@ -135,6 +136,7 @@ class Server:
         cmd += ["--studies", str(self.studies), "--workdir", str(self.workdir), "--bundle", str(self.bundle)]
         for k, v in self.conf:
             cmd += ["--conf", k, v]
+        cmd += self.args
         env = dict(os.environ, PYTHONPATH=str(REPO), **self.env)
         # its own process group: stop() ends the server and whatever it started (training, scoring)
         self.proc = subprocess.Popen(

@@ -12,12 +12,8 @@ System requirements (the tests skip, naming the missing piece, without them):
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -25,44 +21,16 @@ import numpy as np
 import pydicom
 import requests
 
-ORTHANC_INSTALL = "apt-get install -y orthanc orthanc-dicomweb"
+from liverseg import pacs
+from liverseg.pacs import ORTHANC_INSTALL, dicomweb_plugin, missing_orthanc, orthanc_binary  # noqa: F401 (re-exported)
+
 CHROMIUM_INSTALL = "apt-get install -y chromium"
 PLAYWRIGHT_INSTALL = "pip install playwright (do not run `playwright install`: the system chromium is used)"
-PLUGIN_GLOBS = (
-    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so*",  # Debian / Ubuntu package orthanc-dicomweb
-    "/usr/lib/orthanc/libOrthancDicomWeb.so*",
-    "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so*",
-)
 # flags that work for a headless Chromium in a container (see ../shared/ENVIRONMENT.md)
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-
-
-def orthanc_binary() -> str | None:
-    return shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if os.access(p, os.X_OK)), None)
-
-
-def dicomweb_plugin() -> str | None:
-    """Path of Orthanc's DICOMweb plugin (``$LIVERSEG_ORTHANC_DICOMWEB_PLUGIN`` first), or None."""
-    env = os.environ.get("LIVERSEG_ORTHANC_DICOMWEB_PLUGIN")
-    if env:
-        return env if Path(env).is_file() else None
-    for pattern in PLUGIN_GLOBS:
-        found = sorted(Path("/").glob(pattern.lstrip("/")))
-        if found:
-            return str(found[0])
-    return None
-
-
-def missing_orthanc() -> str | None:
-    """Why the Orthanc tests cannot run (what is missing and the command that installs it), or None."""
-    if not orthanc_binary():
-        return f"Orthanc is not installed (no 'Orthanc' on PATH): {ORTHANC_INSTALL}"
-    if not dicomweb_plugin():
-        return f"Orthanc's DICOMweb plugin (libOrthancDicomWeb.so) is not installed: {ORTHANC_INSTALL}"
-    return None
 
 
 def chromium_binary() -> str | None:
@@ -83,77 +51,15 @@ def missing_browser() -> str | None:
     return None
 
 
-class Orthanc:
-    """An Orthanc server with its own configuration and storage under ``root``: HTTP on ``port`` only (DICOM
-    protocol off), remote access refused, no authentication, DICOMweb plugin at ``/dicom-web``.
+class Orthanc(pacs.Orthanc):
+    """``liverseg.pacs.Orthanc`` (own configuration and storage under ``root``, HTTP on ``port`` only, DICOM protocol
+    off, remote access refused, DICOMweb at ``/dicom-web``) with the tests' queries of its REST API.
 
     Orthanc 1.10 has no bind-address option: it listens on all interfaces but answers loopback clients only.
     """
 
     def __init__(self, root: Path, port: int):
-        self.root, self.port = Path(root), port
-        self.url = f"http://127.0.0.1:{port}"
-        self.dicomweb_url = f"{self.url}/dicom-web"
-        self.log = self.root / "orthanc.log"
-        self.proc: subprocess.Popen | None = None
-
-    def config(self) -> dict:
-        storage = str(self.root / "storage")
-        return {
-            "Name": "liverseg-test",
-            "StorageDirectory": storage,
-            "IndexDirectory": storage,
-            "HttpPort": self.port,
-            "DicomServerEnabled": False,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "SaveJobs": False,
-            "Plugins": [dicomweb_plugin()],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        }
-
-    def start(self, timeout: float = 300) -> Orthanc:  # polled: a generous cap costs nothing when idle
-        reason = missing_orthanc()
-        if reason:
-            raise RuntimeError(reason)
-        self.root.mkdir(parents=True, exist_ok=True)
-        cfg = self.root / "orthanc.json"
-        cfg.write_text(json.dumps(self.config(), indent=2))
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([orthanc_binary(), str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{self.dicomweb_url}/studies", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"Orthanc did not answer within {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def upload(self, files: Sequence[Path]) -> list[str]:
-        """``POST /instances`` each file; returns the Orthanc instance ids."""
-        ids = []
-        for f in files:
-            r = requests.post(
-                f"{self.url}/instances", data=Path(f).read_bytes(), headers={"Content-Type": "application/dicom"}
-            )
-            r.raise_for_status()
-            ids.append(r.json()["ID"])
-        return ids
+        super().__init__(root, port, name="liverseg-test")
 
     def series(self) -> list[dict]:
         """All series with their main DICOM tags and instance ids (``GET /series?expand``)."""

@@ -59,11 +59,14 @@ def test_only_the_docs_assets_are_served(nifti_client, name):
     assert res.status_code == 404
 
 
-@pytest.mark.parametrize("path", ["/ohif/", "/ohif", "/ohif/index.html", "/ohif/viewer"])
+@pytest.mark.parametrize(
+    "path", ["/ohif/", "/ohif", "/ohif/index.html", "/ohif/viewer", "/ohif/monai-label", "/ohif/segmentation"]
+)
 def test_ohif_in_nifti_mode_says_how_to_start_the_pacs_mode(nifti_client, path):
     res = nifti_client.get(path)
     assert res.status_code == 200 and docs_page.OHIF_GUIDE_TITLE in res.text
     assert "make serve STUDIES=http://127.0.0.1:8042/dicom-web" in res.text and "3D Slicer" in res.text
+    assert "make serve-pacs" in res.text and "apt-get install orthanc orthanc-dicomweb" in res.text
     assert "imagesTs" in res.text and "/data/" not in res.text  # the folder's name, not the server's paths
 
 

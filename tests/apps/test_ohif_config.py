@@ -166,3 +166,55 @@ def test_ohif_seg_maps_segments_by_name(lps_series, tmp_path, names, swap):
     from .dicomweb import paint_on_grid
 
     np.testing.assert_array_equal(paint_on_grid(np.asarray(out.dataobj), out.affine, p.label.shape, p.affine), p.label)
+
+
+def _stow_body(parts: list[bytes], boundary: str = "liverseg-test-boundary") -> tuple[bytes, str]:
+    """A STOW-RS request as OHIF sends it: ``multipart/related``, one ``application/dicom`` part per instance."""
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n" for p in parts
+    ) + f"--{boundary}--\r\n".encode()  # fmt: skip
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def _stow_instances(body: bytes, boundary: str = "liverseg-test-boundary") -> list:
+    import io
+
+    chunks = body.split(f"--{boundary}".encode())[1:-1]
+    return [pydicom.dcmread(io.BytesIO(c.split(b"\r\n\r\n", 1)[1][:-2])) for c in chunks]
+
+
+def test_stow_of_an_ohif_seg_is_recoded_by_segment_name(lps_series, tmp_path):
+    """OHIF's SEG (every segment "Tissue", segments in its own order) reaches the store coded as the project codes
+    liver and tumor (SNOMED CT), with its pixels, numbers, names and the other parts of the request unchanged."""
+    from liverseg.dicom.seg import LIVER_CODE, NEOPLASM_CODE
+
+    p, files, _ = lps_series
+    label = np.select([p.label == 2, p.label == 1], [1, 2], 0).astype(np.uint8)  # segment 1 = tumor
+    seg = _ohif_style(write_seg(tmp_path / "ohif.dcm", label, p.affine, files, names=("a", "b")), ["Tumor", "Liver"])
+    ct = files[0].read_bytes()
+    body, ctype = _stow_body([ct, seg.read_bytes()])
+    out = ohif.recode_stow(body, ctype)
+    assert out is not None
+    ct_out, seg_out = _stow_instances(out)
+    assert ct_out.SOPInstanceUID == pydicom.dcmread(files[0]).SOPInstanceUID and out.count(ct) == 1  # untouched
+    original = pydicom.dcmread(seg)
+    assert seg_out.PixelData == original.PixelData and seg_out.SOPInstanceUID == original.SOPInstanceUID
+    items = {int(s.SegmentNumber): s for s in seg_out.SegmentSequence}
+    assert [items[1].SegmentLabel, items[2].SegmentLabel] == ["Tumor", "Liver"]
+    for number, code in ((1, NEOPLASM_CODE), (2, LIVER_CODE)):
+        kind = items[number].SegmentedPropertyTypeCodeSequence[0]
+        assert (kind.CodeValue, kind.CodingSchemeDesignator) == (code.value, code.scheme_designator)
+    assert items[1].AnatomicRegionSequence[0].CodeValue == LIVER_CODE.value
+    assert "AnatomicRegionSequence" not in items[2]
+    assert ohif.recode_stow(out, ctype) is None  # already coded: forwarded as it is
+
+
+def test_stow_bodies_left_as_they_are(lps_series, tmp_path):
+    p, files, _ = lps_series
+    other = _ohif_style(write_seg(tmp_path / "o.dcm", p.label.astype(np.uint8), p.affine, files), ["Liver", "Spleen"])
+    body, ctype = _stow_body([other.read_bytes()])
+    assert ohif.recode_stow(body, ctype) is None  # a segment the app does not know: its codes are kept
+    body, ctype = _stow_body([files[0].read_bytes()])
+    assert ohif.recode_stow(body, ctype) is None  # no SEG
+    assert ohif.recode_stow(b"not multipart", "application/dicom") is None
+    assert ohif.recode_stow(body[:-20], ctype) is None  # truncated framing

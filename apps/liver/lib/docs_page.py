@@ -69,7 +69,13 @@ pre{{background:#f4f4f4;padding:.6em;overflow-x:auto}}</style></head>
 <h1>{OHIF_GUIDE_TITLE}</h1>
 <p>This server runs on a folder of images (<code>{folder}</code>, NIfTI mode). The OHIF viewer reads studies only from
 a DICOMweb server (a PACS such as Orthanc), so it has nothing to show here.</p>
-<h2>To use OHIF: start the server in PACS (DICOMweb) mode</h2>
+<h2>Quickest: a local PACS with the sample study</h2>
+<p>Stop this server (Ctrl-C) and run, in the repository:</p>
+<pre>make serve-pacs</pre>
+<p>It starts Orthanc (a DICOMweb server; install it first with
+<code>sudo apt-get install orthanc orthanc-dicomweb</code>) with the sample DICOM study, starts this server on it,
+and prints the OHIF address of the study.</p>
+<h2>Your own DICOM: start the server in PACS (DICOMweb) mode</h2>
 <ol>
 <li>Install and start Orthanc with its DICOMweb plugin (Debian/Ubuntu:
 <code>sudo apt-get install orthanc orthanc-dicomweb</code>), and upload your DICOM series to it
@@ -123,7 +129,7 @@ def install_docs(fastapi_app: Any, api_prefix: str = "", studies: Optional[str] 
             return HTMLResponse(guide, headers={"Cache-Control": "no-cache"})
 
         # the viewer's entry points; its other files (scripts, app-config.js) stay monailabel's
-        for path in ("/ohif", "/ohif/", "/ohif/index.html", "/ohif/viewer"):
+        for path in ("/ohif", "/ohif/", "/ohif/index.html", "/ohif/viewer", "/ohif/monai-label", "/ohif/segmentation"):
             router.add_api_route(api_prefix + path, liverseg_ohif_guide, methods=["GET"], include_in_schema=False)
     routes = fastapi_app.router.routes
     # monailabel's CDN docs page at "/" goes; ours comes first

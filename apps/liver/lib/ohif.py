@@ -15,14 +15,19 @@ data source, and the dicom-seg extension's command needs one). This config, foun
   "WithTools" variant crashes there) next to the MONAI Label panel, so the save is reachable there too.
 
 OHIF codes every segment as "Tissue" with algorithm type MANUAL, so the app does not trust codes: a SEG read as a
-label maps its segments by name (``lib.datastore.segment_values``: liver = 1, tumor = 2).
+label maps its segments by name (``lib.datastore.segment_values``: liver = 1, tumor = 2). And a SEG that OHIF stores
+through the app's proxy (STOW-RS) is re-coded on the way when all its segments are named after the app's labels
+(:func:`recode_stow`): liver as SNOMED CT Liver (10200004), tumor as Neoplasm (108369006) in the liver, as
+``liverseg.dicom.seg`` codes them, so other viewers and PACS queries see what the segments are.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-from typing import Any, Dict
+import re
+from typing import Any, Dict, List, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -192,3 +197,84 @@ def install_ohif_config(fastapi_app: Any, api_prefix: str = "") -> int:
     routes[0:0] = added
     logger.info("OHIF: %s%s serves the liver app's configuration (save to DICOMweb)", api_prefix, ROUTE)
     return len(added)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SEGs that OHIF stores: re-coded by segment name on the way through the app's DICOMweb proxy
+# ---------------------------------------------------------------------------------------------------------------
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+
+
+def _segment_value(name: Any) -> Optional[int]:
+    from lib.datastore import SEGMENT_SYNONYMS, SEGMENT_VALUES
+
+    key = " ".join(str(name or "").lower().split())
+    return {**SEGMENT_SYNONYMS, **SEGMENT_VALUES}.get(key)
+
+
+def recode_seg(ds: Any) -> bool:
+    """Code the segments of a DICOM SEG ``ds`` by their names (``liver`` / ``tumor`` and synonyms, any case) as
+    ``liverseg.dicom.seg`` does; True when something changed. A SEG with a segment of another name is left as it is
+    (its codes may mean something the app does not know)."""
+    from liverseg.dicom.seg import code_segment
+
+    if str(getattr(ds, "SOPClassUID", "")) != SEG_SOP_CLASS or "SegmentSequence" not in ds:
+        return False
+    values = [_segment_value(getattr(item, "SegmentLabel", "")) for item in ds.SegmentSequence]
+    if not values or any(v is None for v in values):
+        return False
+    before = [item.to_json_dict() for item in ds.SegmentSequence]
+    for item, value in zip(ds.SegmentSequence, values):
+        code_segment(item, value)
+    return [item.to_json_dict() for item in ds.SegmentSequence] != before
+
+
+def _parts(body: bytes, boundary: bytes) -> Optional[List[Tuple[bytes, bytes]]]:
+    """``(headers, content)`` of each part of a multipart body, or None when it is not well formed."""
+    delimiter = b"--" + boundary
+    chunks = body.split(delimiter)
+    if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
+        return None
+    parts = []
+    for chunk in chunks[1:-1]:
+        if not chunk.startswith(b"\r\n") or b"\r\n\r\n" not in chunk:
+            return None
+        headers, content = chunk[2:].split(b"\r\n\r\n", 1)
+        if not content.endswith(b"\r\n"):
+            return None
+        parts.append((headers, content[:-2]))
+    return parts
+
+
+def recode_stow(body: bytes, content_type: Optional[str]) -> Optional[bytes]:
+    """A STOW-RS request body (``multipart/related``, one DICOM instance per part) with its SEGs re-coded by
+    :func:`recode_seg`, in the same multipart framing (boundary and part headers kept); None when nothing changed
+    or the body is not such a request (it is then forwarded as it came)."""
+    import pydicom
+
+    match = _BOUNDARY.search(content_type or "")
+    if not body or not match or not (content_type or "").lower().startswith("multipart/related"):
+        return None
+    boundary = match.group(1).strip().encode("latin-1")
+    parts = _parts(body, boundary)
+    if not parts:
+        return None
+    out, changed = [], False
+    for headers, content in parts:
+        if b"application/dicom" in headers.lower() and b"DICM" in content[128:132]:
+            ds = pydicom.dcmread(io.BytesIO(content))
+            if recode_seg(ds):
+                buffer = io.BytesIO()
+                ds.save_as(buffer, write_like_original=False)
+                new = buffer.getvalue()
+                if b"--" + boundary in new:  # would break the framing (practically never): keep the original
+                    logger.warning("OHIF SEG not re-coded: its bytes hold the multipart boundary")
+                else:
+                    content, changed = new, True
+                    logger.info("OHIF SEG %s: segments coded by name (liver / tumor, SNOMED CT)", ds.SOPInstanceUID)
+        out.append(b"--" + boundary + b"\r\n" + headers + b"\r\n\r\n" + content + b"\r\n")
+    if not changed:
+        return None
+    return b"".join(out) + b"--" + boundary + b"--\r\n"

@@ -11,7 +11,8 @@ monailabel 0.8.5 registers no exception handler: every ``MONAILabelException`` (
 - a DICOMweb proxy (``/proxy/dicom/{qido,wado,stow}/<path>``, what OHIF reads the store through) placed before
   monailabel's own, which drops the query string: OHIF's ``includefield``, study-list search filters and paging never
   reached the DICOMweb server. This one forwards the query, the ``Accept`` / ``Content-Type`` headers and the body
-  (``POST``: STOW-RS uploads, as monailabel's proxy allows), streams the answer back with its status code, and reaches
+  (``POST``: STOW-RS uploads, as monailabel's proxy allows; a SEG that OHIF uploads is coded by its segment names on
+  the way, ``lib.ohif.recode_stow``), streams the answer back with its status code, and reaches
   only the configured ``--studies`` DICOMweb URL (paths with ``.`` / ``..`` segments are refused with 400).
 
 The app is created inside the server's lifespan start-up, after Starlette has built its middleware stack, so
@@ -172,6 +173,11 @@ async def proxy_dicom(request: Request, op: str, path: str):
     headers["Accept-Encoding"] = request.headers.get("accept-encoding", "identity")
     params: List[Tuple[str, str]] = list(request.query_params.multi_items())
     body = await request.body() if request.method == "POST" else None
+    if body and op != "qido":  # STOW-RS (OHIF's save): its SEGs coded by segment name (lib/ohif.py)
+        try:
+            body = await run_in_threadpool(ohif.recode_stow, body, headers.get("content-type")) or body
+        except Exception as e:  # never block a save: forward what came
+            logger.warning("DICOMweb proxy: the uploaded SEG was not re-coded (%s: %s)", type(e).__name__, e)
     timeout = (float(settings.MONAI_LABEL_DICOMWEB_PROXY_TIMEOUT), PROXY_READ_TIMEOUT)
     try:
         upstream = await run_in_threadpool(

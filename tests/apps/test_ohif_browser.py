@@ -1,0 +1,308 @@
+"""OHIF in a browser against ``liverseg serve --pacs`` (what ``make serve-pacs`` runs): the annotator's round trip.
+
+The server is started as ``make serve-pacs`` starts it (``python -m liverseg.serve --pacs``: its own Orthanc with the
+sample DICOM study, the app on Orthanc's DICOMweb URL), on the small test bundle. A headless Chromium (playwright,
+the system's chromium) then opens the study in OHIF's MONAI Label mode, runs auto-segmentation from the MONAI Label
+panel, saves with "Export DICOM SEG" (the save path ``apps/liver/lib/ohif.py`` wires), and the test finds the new
+SEG in Orthanc by QIDO-RS, checks its segments are coded liver / tumor (SNOMED CT, re-coded by the app's proxy from
+OHIF's "Tissue"), and checks that the datastore's training list (what a training run reads) now has it as the study's
+final label, equal to the model's output in world space. Last, stopping the server stops Orthanc and the app:
+nothing is left running.
+
+Screenshots of each step go to ``$LIVERSEG_OHIF_SHOTS`` (default: the test's tmp dir); the README's walkthrough
+pictures (``docs/pictures/ohif/``) were taken this way. Skips, naming what to install, without Orthanc, its DICOMweb
+plugin, Chromium or playwright.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import matplotlib.image as mpimg
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import requests
+from monailabel.client import MONAILabelClient
+
+from liverseg import LABELS, pacs
+from liverseg.cli import main as cli_main
+from tests import procs
+from tests.apps.conftest import Server, free_port
+from tests.apps.dicomweb import (
+    CHROMIUM_FLAGS,
+    centroid_mm,
+    chromium_binary,
+    dice,
+    missing_browser,
+    missing_orthanc,
+    seg_to_labelmap,
+)
+
+pytestmark = pytest.mark.slow
+
+SEG_NAME = "liver (corrected in OHIF)"
+SCT = "SCT"
+LIVER, NEOPLASM = "10200004", "108369006"  # SNOMED CT: Liver; Neoplasm (the tumor segment, anatomic region liver)
+RESULT: dict = {}  # what the round trip saved and the model's output, for the world-space check
+PAGE_TIMEOUT_MS = 120_000  # polled waits: a loaded machine takes longer, an idle one does not wait
+
+
+def _ct_series_uid() -> str:
+    first = sorted(p for p in pacs.SAMPLE_DICOM.iterdir() if p.is_file())[0]
+    return str(pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Ids of this machine's processes whose command line mentions ``text`` (a path only our processes use)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_serve_pacs_without_orthanc_says_what_to_install(monkeypatch, capsys):
+    """No Orthanc: one line naming the apt packages and `make serve` (NIfTI-folder mode); nothing started."""
+    monkeypatch.setenv("LIVERSEG_ORTHANC", "/nonexistent/Orthanc")
+    assert cli_main(["serve", "--pacs", "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "apt-get install orthanc orthanc-dicomweb" in err and "make serve" in err and "NIfTI" in err
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    d = Path(os.environ.get("LIVERSEG_OHIF_SHOTS") or tmp_path_factory.mktemp("ohif-shots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def pacs_server(tmp_path_factory, test_bundle):
+    """``liverseg serve --pacs`` on free ports, with the test bundle; stopped (whole process group) at the end."""
+    for reason in (missing_orthanc(), missing_browser()):
+        if reason:
+            pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp("serve-pacs")
+    srv = Server(workdir / "unused-with-pacs", workdir, test_bundle)
+    srv.pacs_port = free_port()
+    srv.dicomweb = f"http://127.0.0.1:{srv.pacs_port}/dicom-web"
+    srv.args = ["--pacs", "--pacs-port", str(srv.pacs_port)]
+    srv.start()
+    yield srv
+    srv.stop()
+    for pid in _processes_mentioning(str(workdir)):  # a leftover of a failed test: ours (its path is our tmp dir)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def browser(pacs_server):
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    b = pw.chromium.launch(executable_path=chromium_binary(), headless=True, args=CHROMIUM_FLAGS)
+    yield b
+    b.close()
+    pw.stop()
+
+
+def _ohif_url(srv: Server) -> str:
+    """The MONAI Label mode address that ``serve --pacs`` prints once the server answers."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = re.search(r"OHIF with MONAI Label: (\S+)", srv.log.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        time.sleep(0.5)
+    raise AssertionError(f"serve --pacs printed no OHIF address:\n{srv.log.read_text()[-3000:]}")
+
+
+def _viewport(page) -> np.ndarray:
+    """RGB pixels of the first (axial) viewport, floats in [0, 1]."""
+    png = page.locator("[data-cy=viewport-pane]").first.screenshot()
+    return mpimg.imread(io.BytesIO(png), format="png")[..., :3]
+
+
+def _overlay_pixels(px: np.ndarray) -> int:
+    """Pixels of the liver overlay (OHIF's reddish segment colour) on the grey CT."""
+    return int(((px[..., 0] - px[..., 2]) > 0.15).sum())
+
+
+def _segmentation_menu(page):
+    """The "..." menu button of the segmentation (left of the segmentation selector in the Segmentation panel)."""
+    selector = page.get_by_text("Segmentations", exact=True).last.bounding_box()
+    return selector["x"] - 24, selector["y"] + selector["height"] / 2
+
+
+def test_ohif_auto_segment_save_and_train_list(pacs_server, browser, shots):
+    srv = pacs_server
+    url = _ohif_url(srv)
+    study_uid = pacs.study_uids(pacs.SAMPLE_DICOM)[0]
+    ct_uid = _ct_series_uid()
+    assert url == f"{srv.url}/ohif/monai-label?StudyInstanceUIDs={study_uid}"
+
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    # the MONAI Label panel's server (its default is port 8000 of the page's host); nothing leaves loopback
+    context.add_cookies(
+        [{"name": "MONAILABEL_SERVER_URL", "value": quote(srv.url + "/", safe="/"), "url": srv.url + "/"}]
+    )
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(srv.url) else route.abort())
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    try:
+        # 1. the study opens in OHIF's MONAI Label mode
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator("canvas").first.wait_for()
+        hide = page.get_by_text("Confirm and Hide")
+        if hide.count():
+            hide.first.click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('canvas')].some(c => c.width > 100 && c.height > 100)"
+        )
+        page.wait_for_timeout(2000)  # frames arrive through the app's proxy, then render
+        before = _viewport(page)
+        assert before.std() > 0.05, "the viewport is blank: the CT was not rendered"
+        page.screenshot(path=str(shots / "1-study.png"))
+
+        # 2. auto-segmentation from the MONAI Label panel: the liver overlay appears
+        page.locator(".monaiLabelPanel button.actionButton").first.click()  # connect to the cookie's server
+        run = page.locator("button[title='Run Segmentation']")
+        run.wait_for()
+        page.wait_for_timeout(1000)
+        with page.expect_response(lambda r: "/infer/liver_ct_seg" in r.url) as infer:
+            run.click()
+        assert infer.value.status == 200 and ct_uid in infer.value.url
+        page.get_by_text("Running Segmentation - Successful").first.wait_for()
+        page.wait_for_timeout(2000)
+        after = _viewport(page)
+        assert _overlay_pixels(before) < 50 and _overlay_pixels(after) > 500, (
+            _overlay_pixels(before),
+            _overlay_pixels(after),
+        )
+        page.screenshot(path=str(shots / "2-auto-segmentation.png"))
+
+        # 3. save: Segmentation panel -> "..." -> Export & Download -> Export DICOM SEG -> name -> Save
+        page.locator("[data-cy=panelSegmentation-btn]").click()
+        rows = page.locator("[data-cy=data-row]")
+        rows.first.wait_for()
+        assert [" ".join(t.split()) for t in rows.all_inner_texts()] == ["1 liver", "2 tumor"]
+        page.mouse.click(*_segmentation_menu(page))
+        page.get_by_text("Export & Download").hover()
+        export = page.get_by_text("Export DICOM SEG")
+        export.wait_for()
+        page.screenshot(path=str(shots / "3-export-menu.png"))
+        export.click()
+        name = page.locator("input[type=text]:visible").last
+        name.fill(SEG_NAME)
+        with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/studies")) as stow:
+            page.get_by_role("button", name="Save").last.click()
+        assert stow.value.status == 200 and "/proxy/dicom/" in stow.value.url
+        page.get_by_text("Segmentation saved to the DICOMweb server").first.wait_for()
+        page.screenshot(path=str(shots / "4-saved.png"))
+        assert not errors, errors
+    finally:
+        context.close()
+
+    # 4. the new SEG in Orthanc, found by QIDO-RS; its segments coded liver / tumor (SNOMED CT), on the CT series
+    json_accept = {"Accept": "application/dicom+json"}
+    found = requests.get(
+        f"{srv.dicomweb}/studies/{study_uid}/series", params={"Modality": "SEG"}, headers=json_accept, timeout=30
+    ).json()
+    assert len(found) == 1, found
+    seg_uid = found[0]["0020000E"]["Value"][0]
+    assert found[0]["0008103E"]["Value"] == [SEG_NAME]
+    meta = requests.get(f"{srv.dicomweb}/studies/{study_uid}/series/{seg_uid}/metadata", headers=json_accept,
+                        timeout=30).json()  # fmt: skip
+    assert len(meta) == 1
+    seg = pydicom.Dataset.from_json(meta[0])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct_uid
+    segments = {str(s.SegmentLabel): s for s in seg.SegmentSequence}
+    assert sorted(segments) == ["liver", "tumor"]
+    for label, code in (("liver", LIVER), ("tumor", NEOPLASM)):
+        kind = segments[label].SegmentedPropertyTypeCodeSequence[0]
+        assert (kind.CodingSchemeDesignator, kind.CodeValue) == (SCT, code), (label, kind)
+    assert segments["tumor"].AnatomicRegionSequence[0].CodeValue == LIVER
+
+    # 5. the datastore: training's data list (read afresh from the store, as POST /train does) has this SEG as the
+    # study's final label, on the image grid, equal to the SEG's frames painted independently in world space; the
+    # study counts as labelled
+    train = requests.get(f"{srv.url}/datastore/", params={"output": "train"}, timeout=120).json()
+    assert len(train) == 1 and ct_uid in train[0]["image"], train
+    status = requests.get(f"{srv.url}/datastore/", timeout=60).json()
+    assert status["total"] == 1 and status["completed"] == 1, status
+    label_img, image = nib.load(train[0]["label"]), nib.load(train[0]["image"])
+    assert label_img.shape == image.shape
+    np.testing.assert_allclose(label_img.affine, image.affine, atol=1e-3)
+    label = np.asarray(label_img.dataobj)
+    orthanc = srv.dicomweb.rsplit("/dicom-web", 1)[0]  # Orthanc's REST API: the stored file as it is
+    series = [x for x in requests.get(f"{orthanc}/series?expand", timeout=30).json()
+              if x["MainDicomTags"]["SeriesInstanceUID"] == seg_uid]  # fmt: skip
+    stored = requests.get(f"{orthanc}/instances/{series[0]['Instances'][0]}/file", timeout=30)
+    seg_file = pydicom.dcmread(io.BytesIO(stored.content))
+    painted = seg_to_labelmap(seg_file, image.shape, image.affine, {"liver": 1, "tumor": LABELS["tumor"]})
+    np.testing.assert_array_equal(label, painted)
+    assert set(np.unique(label).tolist()) <= {0, LABELS["liver"], LABELS["tumor"]} and (label > 0).sum() > 1000
+    model = MONAILabelClient(srv.url, tmpdir=str(srv.workdir / "client")).infer("liver_ct_seg", ct_uid, {})[0]
+    RESULT.update(label=label, model=np.asarray(nib.load(model).dataobj), affine=image.affine)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: OHIF's MONAI Label panel puts the server's result into its volume reversed cranio-caudally for the "
+    "sample series (ImageOrientationPatient -1,0,0,0,-1,0), so the overlay, and the SEG it saves, are flipped "
+    "along z (liver Dice vs. the model's output 0.69; the model's own output vs. the truth: 0.90)",
+)
+def test_saved_seg_is_the_models_output_in_world_space():
+    """What OHIF saved after auto-segmentation (no edit) is the model's output, in world space."""
+    if not RESULT:
+        pytest.skip("the OHIF round trip did not run")
+    label, model = RESULT["label"], RESULT["model"]
+    offset = centroid_mm(label > 0, RESULT["affine"]) - centroid_mm(model > 0, RESULT["affine"])
+    assert dice(label > 0, model > 0) > 0.95, (dice(label > 0, model > 0), offset.tolist())
+
+
+def test_ohif_click_changes_the_overlay(pacs_server):
+    """A click of the interactive (DeepEdit) model in OHIF changes the overlay; only where the app serves one."""
+    models = requests.get(f"{pacs_server.url}/info/", timeout=60).json()["models"]
+    if not any(m.get("type") == "deepedit" for m in models.values()):
+        pytest.skip(
+            "no interactive (deepedit) model in this app instance: the test bundle has no "
+            "models/deepedit/model.pt, and no DeepEdit weights are shipped (see lib/deepedit.py)"
+        )
+    pytest.skip("driving OHIF's point prompts for the deepedit model is not automated yet")
+
+
+def test_stopping_serve_pacs_leaves_nothing_running(pacs_server):
+    """SIGTERM to `liverseg serve --pacs` (what `make serve-pacs` runs) stops the app and Orthanc: no process left."""
+    srv = pacs_server
+    workdir = str(srv.workdir)
+    assert _processes_mentioning(workdir + "/orthanc/orthanc.json"), "Orthanc is not running"
+    assert srv.proc is not None and srv.proc.poll() is None
+    srv.proc.send_signal(signal.SIGTERM)  # the liverseg process only, as `kill <pid>` would
+    try:
+        assert srv.proc.wait(timeout=90) == 0
+    finally:
+        procs.kill_group(srv.proc)
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(workdir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(workdir) == []
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{srv.dicomweb}/studies", timeout=5)
