@@ -26,6 +26,18 @@ const vm = require('vm');
 const calls = [], notes = [], added = [];
 let listener = null;
 const window = { location: { pathname: process.argv[3] } };
+// cornerstone's globals as OHIF sets them: segmentation 'seg-1' has three slices in InstanceNumber order, numbered
+// feet to head (IOP -1,0,0,0,-1,0: the slice normal points to the head), as in the sample study
+const labelmaps = { 'seg-1': { imageIds: ['l0', 'l1', 'l2'] } };
+const headFirst = { r0: -10, r1: 0, r2: 10 };
+window.cornerstoneTools = { segmentation: { state: {
+  getSegmentation: id => labelmaps[id] && { representationData: { Labelmap: labelmaps[id] } } } } };
+window.cornerstone = {
+  cache: { getImage: id => ({ referencedImageId: 'r' + id.slice(1) }) },
+  metaData: { get: (type, id) => type === 'instance' ? {
+    ImagePositionPatient: ['0', '0', String(headFirst[id])],
+    ImageOrientationPatient: [-1, 0, 0, 0, -1, 0] } : undefined },
+};
 vm.runInNewContext(fs.readFileSync(process.argv[2], 'utf8'), { window, console });
 const [segExt, ext] = window.config.extensions;
 const services = {
@@ -39,7 +51,7 @@ const services = {
 };
 const commandsManager = {
   runCommand: async (name, options, context) => {
-    calls.push({ name, options, context });
+    calls.push({ name, options, context, order: (labelmaps[options.segmentationId] || {}).imageIds });
     if (options.segmentationId === 'bad') throw new Error('STOW failed: 400');
     return { stored: true };
   },
@@ -50,6 +62,7 @@ const extensionManager = { getActiveDataSource: () => [{ name: 'the-active-sourc
   const store = module.definitions.storeSegmentation.commandFn;
   await store({ segmentationId: 'seg-1' });
   await store({ segmentationId: 'bad' });
+  await module.definitions.downloadSegmentation.commandFn({ segmentationId: 'seg-1' });
   ext.onModeEnter({ servicesManager: { services } });
   services.panelService.panels = [{ id: 'x' }];  // the layout resets the right panels: the listener adds it again
   if (listener) listener[1]({ position: 'right' });
@@ -57,7 +70,9 @@ const extensionManager = { getActiveDataSource: () => [{ name: 'the-active-sourc
   console.log(JSON.stringify({
     config: window.config, segExt, id: ext.id, context: module.defaultContext,
     calls: calls.map(c => ({ name: c.name, segmentationId: c.options.segmentationId,
-                             dataSource: c.options.dataSource && c.options.dataSource.name, context: c.context })),
+                             dataSource: c.options.dataSource && c.options.dataSource.name, context: c.context,
+                             order: c.order })),
+    orderAfter: labelmaps['seg-1'].imageIds,
     notes: notes.map(n => n.type), added, subscribed: listener !== null,
   }));
 })().catch(e => { console.error(e); process.exit(1); });
@@ -108,10 +123,17 @@ def test_app_config_loads_and_saves_through_the_active_source(ohif_client, tmp_p
     assert out["config"]["dataSources"][0]["configuration"]["wadoRoot"] == "/proxy/dicom/wado"
     assert out["segExt"] == ohif.SEG_EXTENSION and out["id"] == ohif.EXTENSION_ID
     assert out["context"] != ohif.SEG_COMMANDS_CONTEXT  # its own context, registered after the dicom-seg one
+    # the SEG export gets the slices head first, the order in which dcmjs pairs them with their images (dcmjs#193);
+    # the segmentation's own order is back afterwards
+    head_first = ["l2", "l1", "l0"]
     assert out["calls"] == [
-        {"name": "storeSegmentation", "segmentationId": s, "dataSource": "the-active-source", "context": "SEGMENTATION"}
-        for s in ("seg-1", "bad")
+        {"name": "storeSegmentation", "segmentationId": "seg-1", "dataSource": "the-active-source",
+         "context": "SEGMENTATION", "order": head_first},
+        {"name": "storeSegmentation", "segmentationId": "bad", "dataSource": "the-active-source",
+         "context": "SEGMENTATION"},
+        {"name": "downloadSegmentation", "segmentationId": "seg-1", "context": "SEGMENTATION", "order": head_first},
     ]
+    assert out["orderAfter"] == ["l0", "l1", "l2"]
     assert out["notes"] == ["success", "error"]
     expected = [["right", ohif.SEGMENTATION_PANEL]] * 2 if panel_added else []
     assert out["added"] == expected  # added, and added again after the layout reset the right side

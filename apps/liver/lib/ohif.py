@@ -11,6 +11,11 @@ data source, and the dicom-seg extension's command needs one). This config, foun
 - ``@ohif/extension-cornerstone-dicom-seg`` loaded at start-up, then a small inline extension (:data:`EXTENSION_ID`)
   whose ``storeSegmentation`` command, registered last and so found first by the panel's context-less call, runs the
   dicom-seg command with the active data source and shows a success or error notification;
+- that command and ``downloadSegmentation`` hand OHIF's SEG export the labelmap slices in the order in which dcmjs
+  pairs them with their images (:data:`_SEG_ORDER_JS`): without it, a series whose InstanceNumber does not count
+  down the slice normal (for an axial series: numbered feet to head, as the sample study and the project's DICOM
+  writer number them) was saved reversed along the normal (dcmjs#193, OHIF Viewers#5038), although the overlay
+  OHIF shows is in place;
 - in the MONAI Label mode, the extension puts the cornerstone Segmentation panel (``panelSegmentation``; the
   "WithTools" variant crashes there) next to the MONAI Label panel, so the save is reachable there too.
 
@@ -36,6 +41,7 @@ SEG_EXTENSION = "@ohif/extension-cornerstone-dicom-seg"
 SEG_COMMANDS_CONTEXT = "SEGMENTATION"  # the dicom-seg extension's commands context (its storeSegmentation)
 SEGMENTATION_PANEL = "@ohif/extension-cornerstone.panelModule.panelSegmentation"
 MONAI_LABEL_ROUTE = "monai-label"  # routeName of @ohif/mode-monai-label
+SEG_ORDER_FN = "liversegSegExportOrder"  # app-config.js global: the SEG export's slice order (_SEG_ORDER_JS)
 ROUTE = "/ohif/app-config.js"
 
 
@@ -80,6 +86,47 @@ def base_config(api_prefix: str = "") -> Dict[str, Any]:
     }
 
 
+# OHIF 3.10's SEG export (the dicom-seg extension's generateSegmentation, behind "Export DICOM SEG" and "Download DICOM
+# SEG") gives the cornerstone adapter the labelmap slices and their referenced images in the order of the
+# segmentation's imageIds (the display set's: InstanceNumber order); dcmjs's Normalizer re-sorts the referenced images
+# by position along the slice normal (row x column direction), highest first, and the adapter then pairs labelmap
+# slice i with re-sorted frame i. A series whose InstanceNumber does not run that way (the sample study, and any
+# series numbered feet to head) got a SEG reversed along the normal (dcmjs#193, OHIF Viewers#5038; open upstream),
+# while the overlay itself is in place. Handing the export the slices already in dcmjs's order makes the pairing
+# right, whatever the numbering; the function returns what puts the segmentation's own order back. Plain ES2017.
+_SEG_ORDER_JS = """function __SEG_ORDER_FN__(segmentationId) {
+  const unchanged = () => {};
+  try {
+    const cs = window.cornerstone;
+    const segmentation = window.cornerstoneTools.segmentation.state.getSegmentation(segmentationId);
+    const labelmap = segmentation && segmentation.representationData && segmentation.representationData.Labelmap;
+    const imageIds = labelmap && labelmap.imageIds;
+    if (!Array.isArray(imageIds) || imageIds.length < 2) {
+      return unchanged;
+    }
+    const planes = imageIds.map(id => {
+      const image = cs.cache.getImage(id);
+      return image && image.referencedImageId ? cs.metaData.get('instance', image.referencedImageId) : undefined;
+    });
+    if (planes.some(p => !p || !p.ImagePositionPatient || !p.ImageOrientationPatient)) {
+      return unchanged;
+    }
+    const o = planes[0].ImageOrientationPatient.map(Number);
+    const normal = [o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]];
+    const along = planes.map(p => p.ImagePositionPatient.map(Number).reduce((sum, v, i) => sum + v * normal[i], 0));
+    const sorted = imageIds.map((id, i) => i).sort((a, b) => along[b] - along[a]).map(i => imageIds[i]);
+    labelmap.imageIds = sorted;
+    return () => {
+      if (labelmap.imageIds === sorted) {
+        labelmap.imageIds = imageIds;
+      }
+    };
+  } catch (error) {
+    console.warn('liverseg: the SEG export keeps the slice order of the segmentation', error);
+    return unchanged;
+  }
+}"""
+
 # The inline extension (plain ES2017, no build step). Placeholders __NAME__ are filled from the constants above.
 _EXTENSION_JS = """{
   id: __EXTENSION_ID__,
@@ -88,6 +135,7 @@ _EXTENSION_JS = """{
       storeSegmentation: {
         commandFn: async ({ segmentationId }) => {
           const { uiNotificationService } = servicesManager.services;
+          const restore = __SEG_ORDER_FN__(segmentationId);
           try {
             const dataSource = extensionManager.getActiveDataSource()[0];
             const stored = await commandsManager.runCommand(
@@ -107,6 +155,18 @@ _EXTENSION_JS = """{
               message: String((error && error.message) || error),
               type: 'error',
             });
+          } finally {
+            restore();
+          }
+        },
+      },
+      downloadSegmentation: {
+        commandFn: ({ segmentationId }) => {
+          const restore = __SEG_ORDER_FN__(segmentationId);
+          try {
+            return commandsManager.runCommand('downloadSegmentation', { segmentationId }, __SEG_CONTEXT__);
+          } finally {
+            restore();
           }
         },
       },
@@ -153,21 +213,29 @@ def extension_js() -> str:
         "__SEG_PANEL__": SEGMENTATION_PANEL,
         "__MONAI_LABEL_ROUTE__": MONAI_LABEL_ROUTE,
     }
-    js = _EXTENSION_JS
+    js = _EXTENSION_JS.replace("__SEG_ORDER_FN__", SEG_ORDER_FN)
     for name, value in values.items():
         js = js.replace(name, json.dumps(value))
     return js
 
 
+def seg_order_js() -> str:
+    """The global function that gives OHIF's SEG export the slices in the order dcmjs pairs them in
+    (:data:`_SEG_ORDER_JS`)."""
+    return _SEG_ORDER_JS.replace("__SEG_ORDER_FN__", SEG_ORDER_FN)
+
+
 def app_config_js(api_prefix: str = "") -> str:
     """The whole ``app-config.js``: ``window.config`` = :func:`base_config` + the dicom-seg extension loaded at
-    start-up + the inline save extension."""
+    start-up + the inline save extension (and the SEG export's slice order, :func:`seg_order_js`)."""
     config = json.dumps(base_config(api_prefix), indent=2)
     return (
         "/* OHIF configuration served by the liverseg liver app (apps/liver/lib/ohif.py): DICOMweb through the app's\n"
-        " * proxy, and 'Export DICOM SEG' that stores into the same DICOMweb server (works around OHIF Viewers#4584).\n"
+        " * proxy, and 'Export DICOM SEG' that stores into the same DICOMweb server (works around OHIF Viewers#4584)\n"
+        " * with its slices in place (works around dcmjs#193 / OHIF Viewers#5038).\n"
         " */\n"
         f"window.config = {config};\n"
+        f"{seg_order_js()}\n"
         f"window.config.extensions = [{json.dumps(SEG_EXTENSION)}, {extension_js()}];\n"
     )
 
