@@ -70,14 +70,16 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def make_ct(path: Path, shape: tuple[int, int, int]) -> None:
-    """A phantom CT of ``shape`` (0.78 x 0.78 x 1.0 mm-ish grid covering the abdomen), written as NIfTI."""
+def make_ct(path: Path, shape: tuple[int, int, int]):
+    """A phantom CT of ``shape`` (0.78 x 0.78 x 1.0 mm-ish grid covering the abdomen), written as NIfTI; returns the
+    phantom (its ``label`` and ``affine`` for a benchmark that needs the truth, ``benchmarks/robot_user.py``)."""
     from liverseg.imageio import write_nifti
     from liverseg.phantom import generate_phantom
 
     fov = (400.0, 400.0, 200.0)
     ph = generate_phantom(0, shape=shape, spacing=tuple(f / s for f, s in zip(fov, shape)), orientation="LPS")
     write_nifti(path, ph.image, ph.affine)
+    return ph
 
 
 CHILD = r"""

@@ -3,20 +3,27 @@
 Each case starts from the model's result with no click; then, click after click, the robot puts one click at the
 centre of the largest error region of the current result (the voxel farthest from the region's border, in mm; label =
 the truth there: a miss gets a liver or tumor click, a false positive a background or liver click), in the voxel
-indices of the image as loaded, exactly what OHIF / 3D Slicer send; every click re-runs the whole served pipeline
-(load, preprocessing with the clicks drawn as guidance, sliding-window network, inversion to the source grid, largest
-component). Reported per case and overall:
+indices of the image as loaded, exactly what OHIF / 3D Slicer send; every click re-runs the served pipeline (load,
+preprocessing with the clicks drawn as guidance, network, inversion to the source grid, largest component); the
+network re-infers only a crop around the new click (``click_crop`` of ``configs/inference_deepedit.json``,
+``scripts/click_crop.py``; ``--no-crop``: the whole volume at every click). Reported per case and overall:
 
 - Dice of the liver (labels 1 + 2) and of the tumor (label 2) after 0, 1, 3, 5 and 10 clicks;
 - NoC90 liver / NoC80 tumor: clicks needed to reach Dice 0.90 (liver) / 0.80 (tumor), capped at ``--max-clicks``
   (20; a case that never reaches it counts as the cap, as in the interactive-segmentation literature);
 - the largest drop of either Dice after a click;
 - seconds per click (the whole pipeline, median over the case's clicks; wall clock and CPU time of the process,
-  which on a shared machine says more than the wall clock) and the CT's shape.
+  which on a shared machine says more than the wall clock) and the CT's shape;
+- with ``--compare-full``: after each click also the whole-volume re-inference (``click_crop`` off, same clicks):
+  its seconds per click, and the Dice between the two results (liver, tumor; lowest over the clicks).
 
     python benchmarks/robot_user.py --dataset sample-data/Dataset001_LiverPhantom \
         [--weights bundles/liver_ct_seg/models/deepedit/model.pt] [--split Ts] [--cases ID ...] [--max-clicks 20] \
-        [--threads 2] [--json out.json] [--out BENCHMARKS.md --title "..."]
+        [--threads 2] [--no-crop] [--compare-full] [--json out.json] [--out BENCHMARKS.md --title "..."]
+    python benchmarks/robot_user.py --synthetic 512 512 200 --weights ... --max-clicks 5 --compare-full --threads 1
+
+``--synthetic X Y Z``: one phantom CT of that shape (``benchmarks/inference_cpu.py``'s generator, 400 x 400 x 200 mm)
+and its label, written once under ``.cache/robot-user/`` (or ``--dataset``) as an nnU-Net test split.
 
 Cases without a tumor (or whose "tumor" lies outside the liver, ``--no-tumor ID``) are left out of the tumor figures.
 """
@@ -60,7 +67,15 @@ def clicks_to_reach(curve: Sequence[float], target: float, cap: int) -> int:
 class InteractiveModel:
     """The bundle's interactive inference (``inference.json`` + ``inference_deepedit.json``) with given weights."""
 
-    def __init__(self, weights: Path, bundle: Path = BUNDLE, device: str = "cpu", overrides: Optional[dict] = None):
+    def __init__(
+        self,
+        weights: Path,
+        bundle: Path = BUNDLE,
+        device: str = "cpu",
+        overrides: Optional[dict] = None,
+        crop: Optional[bool] = None,
+    ):
+        """``crop``: override the config's ``click_crop`` (a crop around each new click; ``None``: the config's)."""
         import torch
 
         sys.path.insert(0, str(bundle))
@@ -69,6 +84,8 @@ class InteractiveModel:
         files = [str(bundle / "configs" / f) for f in ("inference.json", "inference_deepedit.json")]
         parser = ConfigParser(ConfigParser.load_config_files(files))
         parser.update({"bundle_root": str(bundle), "device": f"$torch.device('{device}')", **(overrides or {})})
+        if crop is not None:
+            parser["click_crop"] = bool(crop)
         parser.parse()
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.network = parser.get_parsed_content("network")
@@ -92,14 +109,27 @@ class InteractiveModel:
             data = t(data)
         return np.asarray(data["pred"].detach().cpu())[0].astype(np.int16)
 
+    @property
+    def last_mode(self) -> str:
+        """What the network step of the last call did: ``full`` / ``crop`` / ``same`` (``scripts/click_crop.py``)."""
+        return str(getattr(self.inferer, "last", {}).get("mode", "full"))
+
 
 def run_case(
-    model: InteractiveModel, image: str, label: str, max_clicks: int, click_fn, stop_when_done: bool = False
+    model: InteractiveModel,
+    image: str,
+    label: str,
+    max_clicks: int,
+    click_fn,
+    stop_when_done: bool = False,
+    full_model: Optional[InteractiveModel] = None,
 ) -> Dict[str, Any]:
     """The robot user on one case; returns Dice curves, clicks, timings.
 
     ``stop_when_done``: stop once every reported figure is known: at least ``max(REPORT_CLICKS)`` clicks made and
-    both NoC targets reached (the curves then end there; NoC and the Dice after 0-10 clicks are exact)."""
+    both NoC targets reached (the curves then end there; NoC and the Dice after 0-10 clicks are exact).
+    ``full_model``: after each click, also this model (the whole-volume re-inference) on the same clicks: its timings
+    and the Dice between its result and ``model``'s (the robot follows ``model``)."""
     import nibabel as nib
 
     ref = nib.load(label)
@@ -107,18 +137,30 @@ def run_case(
     spacing = [float(s) for s in nib.affines.voxel_sizes(ref.affine)]
     clicks: Dict[str, List[List[int]]] = {name: [] for name in model.labels}
     names = {1: "liver", 2: "tumor", 0: "background"}
-    liver, tumor, seconds, cpu, placed = [], [], [], [], []
+    liver, tumor, seconds, cpu, placed, modes = [], [], [], [], [], []
+    full: Dict[str, List[float]] = {"seconds": [], "cpu": [], "liver_agreement": [], "tumor_agreement": []}
     for n in range(max_clicks + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         pred = model(image, clicks)
         seconds.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+        modes.append(model.last_mode)
+        if full_model is not None and n > 0:
+            t0, c0 = time.perf_counter(), time.process_time()
+            ref_pred = full_model(image, clicks)
+            full["seconds"].append(time.perf_counter() - t0)
+            full["cpu"].append(time.process_time() - c0)
+            full["liver_agreement"].append(dice(pred > 0, ref_pred > 0))
+            full["tumor_agreement"].append(dice(pred == 2, ref_pred == 2))
         if pred.shape != truth.shape:
             raise ValueError(f"prediction {pred.shape} and label {truth.shape} of {label} differ in shape")
         liver.append(dice(pred > 0, truth > 0))
         tumor.append(dice(pred == 2, truth == 2))
-        logger.info("%s, %d click(s): liver %.4f, tumor %.4f, %.1f s", Path(image).name, n, liver[-1], tumor[-1],
-                    seconds[-1])  # fmt: skip
+        logger.info("%s, %d click(s): liver %.4f, tumor %.4f, %.1f s (CPU %.1f s, network: %s)%s", Path(image).name,
+                    n, liver[-1], tumor[-1], seconds[-1], cpu[-1], modes[-1],
+                    f"; whole volume {full['seconds'][-1]:.1f} s (CPU {full['cpu'][-1]:.1f} s), Dice crop vs whole "
+                    f"liver {full['liver_agreement'][-1]:.4f} tumor {full['tumor_agreement'][-1]:.4f}"
+                    if full_model is not None and n > 0 else "")  # fmt: skip
         if n == max_clicks:
             break
         if stop_when_done and n >= max(REPORT_CLICKS) and max(liver) >= LIVER_TARGET and (
@@ -133,7 +175,7 @@ def run_case(
         value, point = click
         clicks[names[value]].append(list(point))
         placed.append({"label": names[value], "voxel": list(point)})
-    return {
+    out = {
         "shape": list(truth.shape),
         "spacing_mm": [round(s, 3) for s in spacing],
         "liver_dice": liver,
@@ -143,7 +185,21 @@ def run_case(
         "seconds_first": seconds[0],
         "seconds_per_click": statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0],
         "cpu_seconds_per_click": statistics.median(cpu[1:]) if len(cpu) > 1 else cpu[0],
+        "cpu_seconds_first": cpu[0],
+        "network_modes": modes,
     }
+    cropped = [n for n in range(1, len(modes)) if modes[n] == "crop"]
+    if cropped:  # the clicks whose crop was re-inferred (not those that left the guidance as it was)
+        out["seconds_per_crop_click"] = statistics.median(seconds[n] for n in cropped)
+        out["cpu_seconds_per_crop_click"] = statistics.median(cpu[n] for n in cropped)
+    if full["seconds"]:
+        out.update({
+            "seconds_per_click_full": statistics.median(full["seconds"]),
+            "cpu_seconds_per_click_full": statistics.median(full["cpu"]),
+            "crop_vs_full_liver_dice": full["liver_agreement"],
+            "crop_vs_full_tumor_dice": full["tumor_agreement"],
+        })  # fmt: skip
+    return out
 
 
 def summarize(cases: Dict[str, Dict[str, Any]], max_clicks: int, no_tumor: Sequence[str] = ()) -> Dict[str, Any]:
@@ -171,6 +227,13 @@ def summarize(cases: Dict[str, Dict[str, Any]], max_clicks: int, no_tumor: Seque
     out["largest_drop"] = float(max(drops))
     out["seconds_per_click_median"] = float(statistics.median(c["seconds_per_click"] for c in cases.values()))
     out["cpu_seconds_per_click_median"] = float(statistics.median(c["cpu_seconds_per_click"] for c in cases.values()))
+    compared = [c for c in cases.values() if "seconds_per_click_full" in c]
+    if compared:
+        out["seconds_per_click_full_median"] = float(statistics.median(c["seconds_per_click_full"] for c in compared))
+        out["cpu_seconds_per_click_full_median"] = float(statistics.median(c["cpu_seconds_per_click_full"]
+                                                                           for c in compared))  # fmt: skip
+        out["crop_vs_full_liver_dice_min"] = float(min(min(c["crop_vs_full_liver_dice"]) for c in compared))
+        out["crop_vs_full_tumor_dice_min"] = float(min(min(c["crop_vs_full_tumor_dice"]) for c in compared))
     return out
 
 
@@ -202,6 +265,22 @@ def markdown(
     lines.append(f"| mean | | {mean_l} | **{summary['noc90_liver']:.1f}** | {mean_t} | {noc80} | {timing} |")
     lines += ["", f"Largest Dice drop after a click: {summary['largest_drop']:.4f}. Tumor figures over "
               f"{summary['tumor_cases']} case(s) with a tumor. NoC capped at {cap}.", ""]  # fmt: skip
+    compared = {k: c for k, c in cases.items() if "seconds_per_click_full" in c}
+    if compared:
+        lines += ["Crop around the click vs the whole-volume re-inference on the same clicks (median s per click over "
+                  "the clicks whose crop was re-inferred, n; a click that leaves the guidance as it was reuses the "
+                  "kept logits; lowest Dice between the two results over all clicks):", "",
+                  "| case | n | s / click crop | CPU s crop | s / click whole | CPU s whole | Dice liver | "
+                  "Dice tumor | first inference s (CPU s) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for k, c in compared.items():
+            n = c["network_modes"][1:].count("crop")
+            wall = c.get("seconds_per_crop_click", c["seconds_per_click"])
+            cpu = c.get("cpu_seconds_per_crop_click", c["cpu_seconds_per_click"])
+            lines.append(f"| {k} | {n} | {wall:.2f} | {cpu:.2f} | "
+                         f"{c['seconds_per_click_full']:.2f} | {c['cpu_seconds_per_click_full']:.2f} | "
+                         f"{min(c['crop_vs_full_liver_dice']):.4f} | {min(c['crop_vs_full_tumor_dice']):.4f} | "
+                         f"{c['seconds_first']:.2f} ({c['cpu_seconds_first']:.2f}) |")  # fmt: skip
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -221,14 +300,40 @@ def find_cases(dataset: Path, split: str, only: Sequence[str]) -> Dict[str, tupl
     return out
 
 
+def synthetic_dataset(shape: Sequence[int], root: Optional[Path] = None) -> Path:
+    """An nnU-Net test split with one phantom CT of ``shape`` and its label (``benchmarks/inference_cpu.py``'s
+    generator), written once: ``<root>/imagesTs/synthetic_0000.nii.gz``, ``<root>/labelsTs/synthetic.nii.gz``."""
+    shape = tuple(int(s) for s in shape)
+    root = root or REPO / ".cache" / "robot-user" / ("synthetic_" + "x".join(str(s) for s in shape))
+    image, label = root / "imagesTs" / "synthetic_0000.nii.gz", root / "labelsTs" / "synthetic.nii.gz"
+    if image.is_file() and label.is_file():
+        return root
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from inference_cpu import make_ct
+
+    from liverseg.imageio import write_nifti
+
+    image.parent.mkdir(parents=True, exist_ok=True)
+    label.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("writing a synthetic %s CT and its label under %s", "x".join(map(str, shape)), root)
+    phantom = make_ct(image, shape)
+    write_nifti(label, np.asarray(phantom.label).astype(np.uint8), phantom.affine)
+    return root
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", type=Path, required=True, help="nnU-Net raw dataset folder")
+    ap.add_argument("--dataset", type=Path, help="nnU-Net raw dataset folder (with --synthetic: where to write it)")
+    ap.add_argument("--synthetic", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                    help="benchmark one synthetic phantom CT of this shape (written once) instead of --dataset")
     ap.add_argument("--split", default="Ts", choices=["Ts", "Tr"], help="imagesTs/labelsTs (default) or Tr")
     ap.add_argument("--cases", nargs="*", default=[], help="case ids (default: all)")
     ap.add_argument("--weights", type=Path, default=BUNDLE / "models" / "deepedit" / "model.pt")
     ap.add_argument("--max-clicks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-crop", action="store_true", help="re-infer the whole volume at every click (click_crop off)")
+    ap.add_argument("--compare-full", action="store_true",
+                    help="after each click also re-infer the whole volume: its timings and the Dice between the two")
     ap.add_argument("--stop-when-done", action="store_true",
                     help="stop a case after 10 clicks once both NoC targets are reached (same figures, less time)")
     ap.add_argument("--no-tumor", nargs="*", default=[], help="cases to leave out of the tumor figures")
@@ -236,6 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--out", type=Path, help="append the markdown table to this file")
     ap.add_argument("--title", default="Robot user")
     args = ap.parse_args(argv)
+    if args.dataset is None and not args.synthetic:
+        raise SystemExit("--dataset or --synthetic X Y Z is needed")
     if args.max_clicks < 1:
         raise SystemExit(f"--max-clicks must be >= 1, got {args.max_clicks}")
     if not args.weights.is_file():
@@ -244,12 +351,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    model = InteractiveModel(args.weights)
+    model = InteractiveModel(args.weights, crop=not args.no_crop)
+    full_model = InteractiveModel(args.weights, crop=False) if args.compare_full else None
     from scripts.clicks import largest_error_click
+
+    if args.synthetic:
+        args.dataset, args.split = synthetic_dataset(args.synthetic, args.dataset), "Ts"
 
     cases = {}
     for case, (image, label) in find_cases(args.dataset, args.split, args.cases).items():
-        cases[case] = run_case(model, image, label, args.max_clicks, largest_error_click, args.stop_when_done)
+        cases[case] = run_case(model, image, label, args.max_clicks, largest_error_click, args.stop_when_done,
+                               full_model)  # fmt: skip
         c = cases[case]
         logger.info("%s: liver %.3f -> %.3f, tumor %.3f -> %.3f, %.2f s/click", case, c["liver_dice"][0],
                     c["liver_dice"][-1], c["tumor_dice"][0], c["tumor_dice"][-1], c["seconds_per_click"])  # fmt: skip

@@ -13,6 +13,11 @@ code in the bundle's ``scripts/clicks.py``). The app serves it from a runtime bu
 Because the type is ``deepedit``, OHIF's and 3D Slicer's MONAI Label panels offer label selection and foreground /
 background points; a request carries the clicks per label name (``{"liver": [[i, j, k], ...], "tumor": [...],
 "background": [...]}``, voxel indices of the image as loaded), and no click gives the automatic result.
+
+A click re-infers only a crop around it (the bundle's ``ClickCropInferer``, ``click_crop`` of
+``configs/inference_deepedit.json``): the task keeps one :class:`ClickCropCache` (last guidance and full-volume logits
+per image id and CT content, an LRU of ``click_cache_volumes`` volumes) across requests, for the served weights file's
+version and device; new weights (training, a replaced ``model.pt``) empty it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, Sequence
 
 from lib.bundles import BUNDLE_NAME, ServedBundle, _copy_if_changed, _write_if_changed
-from lib.infer import LiverSegInferTask
+from lib.infer import STASH_KEY, LiverSegInferTask, _file_key
 from lib.train import LiverSegTrainTask
 from lib.validation import BadRequest
 from monai.bundle import ConfigParser
@@ -148,6 +153,23 @@ class LiverDeepEditInferTask(LiverSegInferTask):
 
     def is_valid(self) -> bool:
         return bool(self.valid)
+
+    def inferer(self, data=None):
+        """The bundle's inferer (monailabel builds a new one per request, from freshly imported ``scripts``), handed
+        the task's click-crop cache, the image id and the served weights' version (``ClickCropInferer``)."""
+        inferer = super().inferer(data)
+        if getattr(inferer, "cache", None) is None or not hasattr(inferer, "cache_key"):
+            return inferer
+        cache = getattr(self, "_click_cache", None)
+        if cache is None:
+            cache = self._click_cache = inferer.cache
+        inferer.cache = cache
+        data = data or {}
+        stash = data.get(STASH_KEY) or {}
+        inferer.cache_key = str(stash.get("image_path") or data.get("image_path") or "")
+        path = self.get_path(validate=False)
+        inferer.model_key = (str(path), _file_key(path) if path else None, str(data.get("device") or ""))
+        return inferer
 
     def __call__(self, request, callbacks=None):
         check_clicks(request)
