@@ -176,3 +176,91 @@ def test_child_peak_memory_is_its_own():
     assert ballast.sum() == 50_000_000
     # a bare interpreter: tens of MB, far from the parent's 400 MB of ballast
     assert 0 < float(res.stdout) < 0.2, res.stdout
+
+
+def test_nnunet_side_by_side_without_nnunet(tmp_path, capsys):
+    """benchmarks/nnunet_side_by_side.py without nnU-Net or the real CTs: one-line skips, exit 0; its table and
+    report from given figures (a finished and a stopped nnU-Net run), the stopped one as a bound and its estimate
+    labelled as one. nnU-Net itself is never installed by the tests."""
+    side = _load("nnunet_side_by_side")
+    missing_env = tmp_path / "no-env"
+    reason = side.nnunet_skip_reason(missing_env)
+    assert "not installed" in reason and "--create-env" in reason
+    assert side.main(["--env", str(missing_env), "--source", str(tmp_path / "no-data")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("skipped: real CT folder") and "not found" in out[0]
+
+    progress = tmp_path / "progress.jsonl"
+    progress.write_text("\n".join(json.dumps(r) for r in [
+        {"t0_epoch": 1000.0}, {"start_s": 10.0, "passes": 64, "shape": [129, 432, 432]},
+        {"pass_end_s": 30.0}, {"pass_end_s": 50.0},
+    ]) + "\n")
+    stopped = side.progress_at_stop(progress)
+    assert stopped["passes_done"] == 2 and stopped["s_per_pass"] == pytest.approx(20.0)
+    assert stopped["estimate_to_window_end_s"] == pytest.approx(10.0 + 20.0 * 64)
+    results = {
+        "case_a": {
+            "ours": {"total_s": 10.0, "net_s": 6.0, "peak_rss_gb": 2.0, "windows": 20,
+                     "preprocessed_shape": [150, 150, 60]},
+            "nnunet": {
+                "off": {"total_s": 100.0, "net_s": 90.0, "peak_rss_gb": 8.0, "windows": 64, "network_passes": 64,
+                        "patch_size": [56, 192, 192], "preprocessed_shape": [129, 432, 432]},
+                "on": {"timed_out": True, "limit_s": 60.0, "stopped_at_s": 55.0, "peak_rss_gb": 4.0,
+                       "progress": stopped},
+            },
+        }
+    }
+    rows = side.build_rows(results)
+    assert [r["tool"].split()[0] for r in rows] == ["ours", "nnU-Net", "nnU-Net"]
+    assert rows[1]["ratio_s"] == pytest.approx(0.1) and rows[1]["ratio_peak"] == pytest.approx(0.25)
+    assert rows[2]["bound"] and rows[2]["seconds"] == 55.0
+    table = "\n".join(side.table_lines(rows))
+    assert "| 0.100 | 10.0 | 0.25 |" in table and "> 55 (stopped)" in table and "< 0.182" in table
+    report = {"date_utc": "2026-12-03T00:00:00+00:00", "code": "abc", "versions": {"torch": "x"}, "threads": 2,
+              "machine": {"processor": "cpu", "cores": 2, "load_start": "1", "load_end": "1"}, "command": "python b",
+              "nnunet_plan": {"spacing": [1.6, 0.7, 0.7], "patch_size": [56, 192, 192], "batch_size": 2,
+                              "parameters": 30.7e6},
+              "results": results, "rows": rows, "training": None, "notes": []}
+    md = side.markdown(report)
+    assert "Estimate, not measured" in md and "2 of 64 network passes" in md and "30.7 M parameters" in md
+
+
+def test_real_retrain_loop_without_real_data(tmp_path, capsys):
+    """benchmarks/real_retrain_loop.py without the real CTs: one-line skip, exit 0, no server started; its helpers
+    (directions, case names, epochs from the training log) and its table from given figures."""
+    from types import SimpleNamespace
+
+    loop = _load("real_retrain_loop")
+    assert loop.main(["--source", str(tmp_path / "no-data"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("real_retrain_loop skipped: real CT folder") and "not found" in out[0]
+    assert not (tmp_path / "out").exists()
+
+    assert loop.parse_direction("1.1:1.7") == ("1.1", "1.7")
+    for bad in ("1.1", "1.1:1.1", ":1.7", "a:b:c"):
+        with pytest.raises(ValueError):
+            loop.parse_direction(bad)
+    cases = [SimpleNamespace(case="ircadb_001", patient_dir="/d/3Dircadb1.1"),
+             SimpleNamespace(case="ircadb_007", patient_dir="/d/3Dircadb1.7")]
+    assert [loop.case_of(n, cases).case for n in ("1.1", "3Dircadb1.7", "ircadb_001")] == [
+        "ircadb_001", "ircadb_007", "ircadb_001"]
+    with pytest.raises(ValueError, match="known: 3Dircadb1.1"):
+        loop.case_of("1.2", cases)
+    assert loop.epochs_run(["Epoch[1] Complete", "x", "Epoch[12] Metrics -- loss: 0.3", "Epoch[3]"]) == 12
+    assert loop.epochs_run(["no epoch"]) is None
+
+    row = {"liver_dice": 0.8, "liver_hd95_mm": 30.0, "liver_vol_err_pct": 20.0, "tumor_dice": 0.5,
+           "liver_only": False}
+    directions = [
+        {"train": "3Dircadb1.7", "test": "3Dircadb1.1", "before": row,
+         "after": dict(row, liver_dice=0.9, liver_vol_err_pct=-3.25, tumor_dice=float("nan")),
+         "train_seconds": 321.4, "epochs": 40},
+        {"train": "3Dircadb1.1", "test": "3Dircadb1.7", "before": dict(row, liver_only=True, tumor_dice=None),
+         "after": None, "train_seconds": None, "epochs": None},
+    ]
+    lines = loop.table(directions).splitlines()
+    assert lines[0] == loop.TABLE_HEAD and len(lines) == 4
+    assert lines[2] == ("| 3Dircadb1.7 -> 3Dircadb1.1 | 0.800 | **0.900** | 30.0 | 30.0 | +20.0 | -3.2 | 0.500 | - "
+                        "| 321 | 40 |")
+    assert "| liver-only |" in lines[3] and lines[3].endswith("| - | - |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines)

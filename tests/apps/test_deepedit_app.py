@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -95,6 +96,10 @@ def test_deepedit_task_zero_clicks_is_automatic_and_clicks_reach_the_network(tes
     auto_bundle = bundles.prepare_bundle(source, tmp_path / "model")
     interactive = deepedit.interactive_bundle("auto", source, tmp_path / "model", {"liver_ct_seg": auto_bundle})
     task = deepedit.LiverDeepEditInferTask(str(interactive.path), {})
+    # the interactive model has no HU peel (it would undo foreground clicks): compare with the automatic one without it
+    assert deepedit.merged_deepedit_config(source, "inference.json")["peel_k_mad"] == 0
+    auto_config = auto_bundle.path / "configs" / "inference.json"
+    auto_config.write_text(json.dumps(dict(json.loads(auto_config.read_text()), peel_k_mad=0), indent=4))
     assert task.is_valid() and task.type == "deepedit"
     assert set(task.labels) == {"background", "liver", "tumor"}  # the viewers' label selection
 
@@ -119,6 +124,22 @@ def test_deepedit_task_zero_clicks_is_automatic_and_clicks_reach_the_network(tes
     world = (p.affine @ np.array([*click, 1.0]))[:3]
     spacing = np.asarray(nib.affines.voxel_sizes(np.asarray(x.affine)))
     assert np.all(np.abs((np.asarray(x.affine) @ np.array([*peak, 1.0]))[:3] - world) <= spacing / 2 + 1e-4)
+
+    # the click re-infers a crop: the task keeps one cache across requests (monailabel builds a new inferer for each),
+    # per image and weights version; new weights empty it
+    cache = task._click_cache
+    assert len(cache) == 1 and os.path.samefile(cache.model[0], interactive.weights)
+    made, build = [], task.inferer
+    task.inferer = lambda data=None: made.append(build(data)) or made[-1]
+    out, _ = task({"image": image, "device": "cpu", "tumor": [click]})
+    assert nib.load(out).shape == p.image.shape and made[-1].cache is cache and len(cache) == 1
+    assert made[-1].last["mode"] == "crop"
+    os.remove(out)
+    before = cache.model
+    st = os.stat(interactive.weights)
+    os.utime(interactive.weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    os.remove(task({"image": image, "device": "cpu", "tumor": [click]})[0])
+    assert cache.model != before and len(cache) == 1 and made[-1].last["mode"] == "full"
 
     with pytest.raises(BadRequest, match="3 finite numbers"):
         task({"image": image, "device": "cpu", "liver": [[1, 2]]})

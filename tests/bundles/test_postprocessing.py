@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 from tests.conftest import BUNDLE
 
@@ -21,6 +22,8 @@ from scripts.postprocessing import (  # noqa: E402
     KeepLiverCored,
     LesionsInLiver,
     LesionsInLiverd,
+    PeelLiverOutliers,
+    PeelLiverOutliersd,
     RemoveSmallLesions,
     RemoveSmallLesionsd,
 )
@@ -165,3 +168,117 @@ def test_flip_averaging_inferer():
         FlipAveragingInferer(lambda i, n: n(i), flips=[[3]])(x, net)
     with pytest.raises(ValueError):
         FlipAveragingInferer(lambda i, n: n(i), flips=[[]])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PeelLiverOutliers: the scan's own liver HU decides what is glued-on neighbour
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _peel_scene(liver_hu: float = 110.0, neighbour_hu: float = 20.0, seed: int = 0):
+    """A liver block (label 1) with a glued-on 'stomach' slab on its side (also labelled 1, other HU), a vessel
+    inside the liver (other HU, enclosed), and a hypodense tumor (label 2) touching the surface."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 40, 24)
+    hu = rng.normal(-100.0, 10.0, shape).astype(np.float32)  # fat around
+    lab = np.zeros(shape, np.uint8)
+    lab[6:30, 6:34, 4:20] = 1
+    hu[6:30, 6:34, 4:20] = liver_hu
+    lab[30:36, 6:34, 4:20] = 1  # neighbour the network glued to the liver
+    hu[30:36, 6:34, 4:20] = neighbour_hu
+    hu[14:18, 14:18, 4:20] = liver_hu + 60.0  # vessel through the liver (enclosed along x/y, open at z ends)
+    hu[16:20, 18:22, 10:14] = liver_hu - 60.0  # missed lesion deep inside the liver, labelled liver
+    lab[6:10, 26:32, 8:14] = 2  # subcapsular tumor
+    hu[6:10, 26:32, 8:14] = 40.0
+    hu += rng.normal(0.0, 8.0, shape).astype(np.float32)
+    return lab, hu
+
+
+@pytest.mark.parametrize("liver_hu,neighbour_hu", [(110.0, 20.0), (55.0, 150.0), (140.0, 60.0)])
+def test_peel_removes_the_glued_neighbour_whatever_the_contrast(liver_hu, neighbour_hu):
+    lab, hu = _peel_scene(liver_hu, neighbour_hu)
+    img = _label(lab, spacing=(1.5, 1.5, 2.0))
+    out = PeelLiverOutliers(k_mad=3.0, min_halfwidth_hu=20.0, smooth_mm=1.0, core_mm=2.0)(img, torch.as_tensor(hu))
+    assert out is img
+    res = out[0].numpy()
+    assert (res[31:36, 6:34, 4:20] == 0).mean() > 0.95  # the neighbour is peeled off
+    # liver, the enclosed lesion and the vessel (reaching the outside only at the block's ends) stay; a few voxels
+    # beside the subcapsular tumor may go (smoothed toward its HU, next to the surface)
+    assert (res[8:28, 8:32, 6:18] > 0).mean() > 0.998
+    assert (res[14:18, 14:18, 4:20] > 0).all() and (res[16:20, 18:22, 10:14] > 0).all()
+    assert (res == 2).sum() == (lab == 2).sum()  # tumor untouched
+
+
+def test_peel_keeps_a_liver_without_neighbours_and_can_be_off():
+    lab, hu = _peel_scene()
+    lab[30:36] = 0
+    img = _label(lab.copy(), spacing=(1.5, 1.5, 2.0))
+    res = PeelLiverOutliers(smooth_mm=1.0, core_mm=2.0)(img, torch.as_tensor(hu))[0].numpy()
+    # at most the partial-volume rim and a few voxels beside the subcapsular tumor go
+    assert (res[7:29, 7:33, 5:19] > 0).mean() > 0.998
+    assert (res[14:18, 14:18, 4:20] > 0).all()
+    lab2, _ = _peel_scene()
+    img2 = _label(lab2.copy())
+    assert np.array_equal(PeelLiverOutliers(k_mad=0)(img2, torch.as_tensor(hu))[0].numpy(), lab2)
+
+
+def test_peel_skips_mismatched_grids_and_small_livers(caplog):
+    lab, hu = _peel_scene()
+    img = _label(lab.copy())
+    out = PeelLiverOutliers()(img, torch.as_tensor(hu[:-1]))
+    assert np.array_equal(out[0].numpy(), lab)
+    assert "grids differ" in caplog.text
+    tiny = np.zeros((20, 20, 20), np.uint8)
+    tiny[5:8, 5:8, 5:8] = 1
+    img = _label(tiny.copy())
+    assert np.array_equal(PeelLiverOutliers()(img, torch.zeros(20, 20, 20))[0].numpy(), tiny)
+
+
+def test_peel_dict_wrapper_needs_the_image():
+    lab, hu = _peel_scene()
+    t = PeelLiverOutliersd(keys="pred", image_key="hu_source", smooth_mm=1.0, core_mm=2.0)
+    d = t({"pred": _label(lab.copy(), spacing=(1.5, 1.5, 2.0)), "hu_source": torch.as_tensor(hu)[None]})
+    assert (d["pred"][0].numpy()[31:36] == 0).mean() > 0.95
+    with pytest.raises(KeyError, match="hu_source"):
+        t({"pred": _label(lab.copy())})
+    with pytest.raises(ValueError, match="k_mad"):
+        PeelLiverOutliers(k_mad=-1)
+
+
+def test_peel_keeps_the_liver_around_a_subcapsular_lesion():
+    """The liver beside a lesion at the surface is not peeled (else the lesion loses its liver contact and
+    LesionsInLiver would drop it)."""
+    lab, hu = _peel_scene()
+    lab[30:36] = 0
+    img = _label(lab.copy(), spacing=(1.5, 1.5, 2.0))
+    # no thickness test here, so that only the margin protects the lesion's neighbourhood
+    kw = dict(smooth_mm=1.0, core_mm=2.0, thin_voxels=0)
+    res = PeelLiverOutliers(tumor_margin_mm=3.0, **kw)(img, torch.as_tensor(hu))[0].numpy()
+    assert (res[6:11, 25:33, 7:15] > 0).all()  # all within 3 mm of the lesion
+    res0 = PeelLiverOutliers(tumor_margin_mm=0.0, **kw)(
+        _label(lab.copy(), spacing=(1.5, 1.5, 2.0)), torch.as_tensor(hu)
+    )[0].numpy()
+    assert (res0[6:11, 25:33, 7:15] == 0).any()  # without the margin it would have gone
+
+
+def test_peel_leaves_the_partial_volume_rim_and_keeps_the_organ_whole():
+    """Coarse voxels: the liver's rim, a voxel of partial volume, stays (thickness test); a band of outliers across
+    the liver (a vessel from the surface through a lobe) is not peeled when that would cut a lobe off."""
+    rng = np.random.default_rng(1)
+    shape = (40, 40, 24)
+    lab = np.zeros(shape, np.uint8)
+    lab[6:34, 6:34, 4:20] = 1
+    hu = np.full(shape, -100.0, np.float32)
+    hu[6:34, 6:34, 4:20] = 110.0
+    hu = ndimage.gaussian_filter(hu, 0.8)  # partial volume at the surface
+    hu[6:34, 19:22, 4:20] = 200.0  # a bright band splitting the block in two lobes, open to the outside
+    hu += rng.normal(0.0, 5.0, shape).astype(np.float32)
+    res = PeelLiverOutliers(smooth_mm=1.0, core_mm=2.0)(
+        _label(lab.copy(), spacing=(2.5, 2.5, 3.0)), torch.as_tensor(hu)
+    )
+    res = res[0].numpy()
+    assert np.array_equal(res, lab)  # rim and band stay: nothing peeled
+    # without the guards both go: the rim (thin) and the band (it splits the organ)
+    bare = PeelLiverOutliers(smooth_mm=1.0, core_mm=2.0, thin_voxels=0, min_piece_fraction=0.0)
+    res0 = bare(_label(lab.copy(), spacing=(2.5, 2.5, 3.0)), torch.as_tensor(hu))[0].numpy()
+    assert (res0[6:34, 19:22, 4:20] == 0).mean() > 0.5 and (res0[6, 8:18, 6:18] == 0).mean() > 0.5

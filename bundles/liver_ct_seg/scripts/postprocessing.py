@@ -13,6 +13,10 @@ foreground. Sizes are in millimetres, so they mean the same on any scanner's gri
   become liver: below what a network at 2 mm voxels finds reliably, and most false positives are such specks.
 - :class:`LesionsInLiver`: a tumor component whose outer surface touches liver on less than
   ``min_liver_contact`` of its voxels lies outside the liver (stomach, bowel, kidney): it becomes background.
+- :class:`PeelLiverOutliers`: liver voxels whose (smoothed) HU lie far from this scan's own liver HU (median +-
+  ``k_mad`` robust standard deviations, at least ``min_halfwidth_hu``) and that reach the mask's outside through
+  such voxels become background: the stomach, muscle, heart or kidney that the network glued to the liver, peeled
+  off by the scan's own contrast, whatever the scanner or phase. Needs the source image in HU on the label's grid.
 - :class:`FlipAveragingInferer`: test-time augmentation, the mean of the network's outputs over flips of the input.
 """
 
@@ -43,6 +47,8 @@ __all__ = [
     "RemoveSmallLesionsd",
     "LesionsInLiver",
     "LesionsInLiverd",
+    "PeelLiverOutliers",
+    "PeelLiverOutliersd",
     "FlipAveragingInferer",
 ]
 
@@ -58,6 +64,14 @@ def _spacing(img: torch.Tensor, ndim: int) -> np.ndarray:
         return np.linalg.norm(aff[:ndim, :ndim], axis=0)
     logger.warning("label without an affine (not a MetaTensor): sizes in mm taken as voxels of 1 mm")
     return np.ones(ndim)
+
+
+def _axial_axis(img: torch.Tensor, ndim: int) -> int:
+    """The array axis closest to the patient's superior-inferior direction (the last one without an affine)."""
+    if isinstance(img, MetaTensor) and ndim == 3:
+        aff = np.asarray(img.affine, dtype=np.float64)[:3, :3]
+        return int(np.argmax(np.abs(aff[2]) / np.maximum(np.linalg.norm(aff, axis=0), 1e-12)))
+    return ndim - 1
 
 
 def _label_view(img: torch.Tensor) -> np.ndarray:
@@ -207,10 +221,6 @@ class FillLiverHoles(Transform):
         holes = ndimage.binary_fill_holes(organ) & (crop == 0)
         crop[holes] = self.liver_label
         return img
-        crop = lab[box]
-        holes = ndimage.binary_fill_holes(organ[box]) & (crop == 0)
-        crop[holes] = self.liver_label
-        return img
 
 
 class RemoveSmallLesions(Transform):
@@ -299,6 +309,198 @@ class LesionsInLiver(Transform):
             if total and liver / total < self.min_liver_contact:
                 crop[grown][comp] = 0
         return img
+
+
+class PeelLiverOutliers(Transform):
+    """Peel off liver voxels whose HU is an outlier for this scan's liver and that touch the outside through
+    outliers (see the module docstring).
+
+    The scan's liver HU: median and median absolute deviation (x 1.4826, a robust standard deviation) of the
+    smoothed HU over the liver-labelled voxels deeper than ``core_mm`` inside liver + tumor. A liver voxel is an
+    outlier when its smoothed HU is more than ``max(k_mad * sd, min_halfwidth_hu)`` from the median. Outliers
+    connected to the background through outliers become background; outliers enclosed by the organ (vessels,
+    a lesion the network called liver) stay, also those enclosed in an axial plane only (a vessel that enters at
+    the hilum). Only thick outlier regions are peeled (what survives an opening of ``thin_voxels`` voxels, plus one
+    voxel of its border): a glued-on organ is centimetres thick, while partial volume (the liver's own rim, noise
+    specks) is a voxel effect, a voxel or two thick at any voxel size. A peel that would cut the liver in pieces (a
+    vessel band across a lobe) is undone where it touches a kept piece of at least ``min_piece_fraction`` of the
+    largest. Tumor voxels are never changed.
+
+    Args:
+        k_mad: half-width of the accepted HU band in robust standard deviations; 0 turns the step off.
+        min_halfwidth_hu: the band's smallest half-width (HU), so a very uniform liver keeps its partial-volume rim.
+        smooth_mm: Gaussian smoothing (sigma, mm) of the HU before the test, against noise.
+        core_mm: depth (mm) inside the organ of the voxels that define the liver's HU.
+        liver_label: the liver label.
+        min_core_voxels: fewer core voxels than this: no reliable statistics, nothing changed.
+        tumor_margin_mm: liver voxels this close to a tumor voxel are never peeled (the smoothing mixes the lesion's
+            HU into them; without the margin a subcapsular lesion would lose its liver contact).
+        thin_voxels: outlier layers up to about twice this many voxels thick are not peeled; 0 = no thickness test.
+        min_piece_fraction: kept pieces of the organ at least this fraction of the largest one are liver that the
+            peel cut off: the peel touching them is undone; 0 = no such guard.
+    """
+
+    def __init__(
+        self,
+        k_mad: float = 3.0,
+        min_halfwidth_hu: float = 20.0,
+        smooth_mm: float = 1.5,
+        core_mm: float = 3.0,
+        liver_label: int = 1,
+        min_core_voxels: int = 500,
+        tumor_margin_mm: float = 5.0,
+        thin_voxels: int = 1,
+        min_piece_fraction: float = 0.05,
+    ) -> None:
+        for name, v in (
+            ("k_mad", k_mad),
+            ("min_halfwidth_hu", min_halfwidth_hu),
+            ("smooth_mm", smooth_mm),
+            ("core_mm", core_mm),
+            ("tumor_margin_mm", tumor_margin_mm),
+            ("thin_voxels", thin_voxels),
+            ("min_piece_fraction", min_piece_fraction),
+        ):
+            if not (math.isfinite(float(v)) and float(v) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        self.k_mad, self.min_halfwidth_hu = float(k_mad), float(min_halfwidth_hu)
+        self.smooth_mm, self.core_mm = float(smooth_mm), float(core_mm)
+        self.liver_label, self.min_core_voxels = int(liver_label), int(min_core_voxels)
+        self.tumor_margin_mm = float(tumor_margin_mm)
+        self.thin_voxels, self.min_piece_fraction = int(thin_voxels), float(min_piece_fraction)
+
+    def __call__(self, img: torch.Tensor, hu: torch.Tensor) -> torch.Tensor:
+        if self.k_mad == 0:
+            return img
+        lab = _label_view(img)
+        hu_arr = (hu.as_tensor() if isinstance(hu, MetaTensor) else torch.as_tensor(hu)).detach().cpu()
+        if hu_arr.ndim == lab.ndim + 1:
+            hu_arr = hu_arr[0]
+        if tuple(hu_arr.shape) != lab.shape:
+            logger.warning(
+                "PeelLiverOutliers: image %s and label %s grids differ; skipped", tuple(hu_arr.shape), lab.shape
+            )
+            return img
+        box = _nonzero_box(lab, margin=2)
+        if box is None:
+            return img
+        crop = lab[box]
+        organ = crop > 0
+        sp = _spacing(img, lab.ndim)
+        values = hu_arr.numpy()[box].astype(np.float32)
+        if self.smooth_mm > 0:
+            values = ndimage.gaussian_filter(values, sigma=[self.smooth_mm / s for s in sp])
+        # the liver's HU from its core, on every second voxel (a statistic; 8x less erosion work)
+        sub = (slice(None, None, 2),) * lab.ndim
+        iterations = max(1, int(round(self.core_mm / (2.0 * float(min(sp)))))) if self.core_mm > 0 else 0
+        core = ndimage.binary_erosion(organ[sub], iterations=iterations) if iterations else organ[sub]
+        core &= crop[sub] == self.liver_label
+        ref = values[sub][core]
+        if ref.size * 2**lab.ndim < self.min_core_voxels:
+            return img
+        ref = ref[:: max(1, ref.size // 200_000)]  # a robust statistic needs no more voxels than this
+        med = float(np.median(ref))
+        sd = 1.4826 * float(np.median(np.abs(ref - med)))
+        half = max(self.k_mad * sd, self.min_halfwidth_hu)
+        outlier = (crop == self.liver_label) & (np.abs(values - med) > half)
+        tumor = organ & (crop != self.liver_label)
+        if self.tumor_margin_mm > 0 and tumor.any():
+            # the liver around a lesion (its HU smoothed toward the lesion's, or a rim) is not a neighbour
+            # (distances on every second voxel, the margin widened by that grid's half diagonal)
+            tb = _box(tumor, margin=int(math.ceil(self.tumor_margin_mm / float(min(sp)))) + 2)
+            t2 = tumor[tb]
+            t2 = ndimage.maximum_filter(t2, size=2, origin=0)[sub]
+            reach_mm = self.tumor_margin_mm + float(np.linalg.norm(sp))
+            near = ndimage.distance_transform_edt(~t2, sampling=2.0 * sp) <= reach_mm
+            for ax in range(lab.ndim):
+                near = np.repeat(near, 2, axis=ax)
+            outlier[tb] &= ~near[tuple(slice(0, n) for n in outlier[tb].shape)]
+        if not outlier.any():
+            return img
+        outside = ~organ
+        if self.thin_voxels > 0:
+            # thin outliers (the partial-volume rim, noise) go; a glued-on organ keeps its shape, border voxel included
+            cross = ndimage.generate_binary_structure(lab.ndim, 1)
+            thick = ndimage.binary_opening(outlier, structure=cross, iterations=self.thin_voxels)
+            outlier &= ndimage.binary_dilation(thick, structure=cross)
+            if not outlier.any():
+                return img
+        comps, n = ndimage.label(outlier | outside)
+        reaches = np.zeros(n + 1, bool)
+        reaches[comps[outside]] = True
+        reaches[0] = False
+        peel = outlier & reaches[comps]
+        # vessels entering the liver (portal vein at the hilum) are outliers that reach the outside too: what the
+        # remaining organ encloses in an axial plane is put back
+        axial = _axial_axis(img, lab.ndim)
+        # (background components connected within axial planes only; those not on the box's side faces are holes)
+        in_plane = ndimage.generate_binary_structure(lab.ndim, 1)
+        in_plane[tuple(slice(None) if ax != axial else [0, 2] for ax in range(lab.ndim))] = False
+        background, n = ndimage.label(~(organ & ~peel), structure=in_plane)
+        open_side = np.zeros(n + 1, bool)
+        for ax in range(lab.ndim):
+            if ax != axial:
+                open_side[background.take(0, axis=ax)] = True
+                open_side[background.take(-1, axis=ax)] = True
+        peel &= open_side[background]
+        if self.min_piece_fraction > 0 and peel.any():
+            peel = self._keep_the_organ_whole(organ, peel)
+        crop[peel] = 0
+        logger.debug("PeelLiverOutliers: liver %.0f HU +- %.0f: %d voxels peeled off", med, half, int(peel.sum()))
+        return img
+
+    def _keep_the_organ_whole(self, organ: np.ndarray, peel: np.ndarray) -> np.ndarray:
+        """``peel`` without its connected parts that touch a kept piece of the organ (other than the largest) of at
+        least ``min_piece_fraction`` of the largest piece: liver that the peel would cut off (and the largest-
+        component step would then drop)."""
+        pieces, n = ndimage.label(organ & ~peel)
+        if n < 2:
+            return peel
+        sizes = np.bincount(pieces.ravel())[1:]
+        big = np.flatnonzero(sizes >= self.min_piece_fraction * sizes.max()) + 1
+        big = big[big != int(np.argmax(sizes)) + 1]
+        if big.size == 0:
+            return peel
+        is_big = np.zeros(n + 1, bool)
+        is_big[big] = True
+        parts, m = ndimage.label(peel)
+        undo = np.zeros(m + 1, bool)
+        undo[parts[ndimage.binary_dilation(is_big[pieces]) & peel]] = True
+        undo[0] = False
+        return peel & ~undo[parts]
+
+
+class PeelLiverOutliersd(MapTransform):
+    """Dictionary wrapper of :class:`PeelLiverOutliers`: ``keys`` are labels, ``image_key`` the source image in HU
+    on their grid (e.g. a copy of the loaded image made before any spatial preprocessing)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str,
+        k_mad: float = 3.0,
+        min_halfwidth_hu: float = 20.0,
+        smooth_mm: float = 1.5,
+        core_mm: float = 3.0,
+        liver_label: int = 1,
+        thin_voxels: int = 1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.transform = PeelLiverOutliers(
+            k_mad, min_halfwidth_hu, smooth_mm, core_mm, liver_label, thin_voxels=thin_voxels
+        )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.image_key not in d:
+            if self.transform.k_mad and not self.allow_missing_keys:
+                raise KeyError(f"PeelLiverOutliersd: no image {self.image_key!r} in the data")
+            return d
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key], d[self.image_key])
+        return d
 
 
 class _KeyMapped(MapTransform):
