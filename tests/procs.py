@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from typing import Any
+import time
+from typing import Any, Callable, Optional
 
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -21,14 +22,40 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def run(cmd: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str],
+    timeout: float,
+    progress: Optional[Callable[[], Any]] = None,
+    cap: Optional[float] = None,
+    poll_s: float = 5.0,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)`` in a new process group; the whole
-    group is killed when the command ends, times out or the test is interrupted."""
+    group is killed when the command ends, times out or the test is interrupted.
+
+    With ``progress`` (a function whose value changes as the command works, e.g. the lines of its training log), the
+    deadline follows the work: ``timeout`` is then the longest time without a change of ``progress()``, and ``cap``
+    (if given) the longest run in all; on a loaded machine a slow but working command is not killed.
+    """
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
     )
     try:
-        out, err = proc.communicate(timeout=timeout)
+        if progress is None:
+            out, err = proc.communicate(timeout=timeout)
+        else:
+            start = last_change = time.monotonic()
+            seen = progress()
+            while True:
+                try:
+                    out, err = proc.communicate(timeout=poll_s)  # output is kept across these retries
+                    break
+                except subprocess.TimeoutExpired:
+                    now, value = time.monotonic(), progress()
+                    if value != seen:
+                        seen, last_change = value, now
+                    if now - last_change > timeout or (cap is not None and now - start > cap):
+                        raise subprocess.TimeoutExpired(cmd, now - start) from None
     except BaseException:  # timeout, Ctrl-C: nothing of the command survives
         kill_group(proc)
         proc.communicate()

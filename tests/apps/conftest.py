@@ -91,7 +91,14 @@ def test_bundle(tmp_path_factory) -> Path:
         out = root / "train_out"
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
         cmd += ["--dataset_dir", str(data), "--output_dir", str(out), "--ckpt_dir", str(out / "ckpt"), *TRAIN_ARGS]
-        res = procs.run(cmd, cwd=bundle, timeout=1800)
+        # the deadline follows the epochs written (a loaded machine trains slowly, not never): 15 min without a new
+        # epoch, 4 h in all; one thread (a tiny network: no gain from two, and no spinning against other jobs)
+        history = out / "history.csv"
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        res = procs.run(
+            cmd, cwd=bundle, env=env, timeout=900, cap=4 * 3600,
+            progress=lambda: history.stat().st_size if history.exists() else 0,
+        )  # fmt: skip
         if res.returncode != 0 or not (out / "ckpt" / "model.pt").is_file():
             raise RuntimeError(f"training the test model failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
         cache.mkdir(parents=True, exist_ok=True)
