@@ -371,6 +371,9 @@ class BundleSegmenter:
         t["network_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         item = decollate_batch({"image": batch["image"], "pred": pred}, detach=True)[0]
+        # what the preprocessing kept for the postprocessing besides the image (e.g. the HU copy on the source grid
+        # that inference.json's PeelLiverOutliersd reads)
+        item.update({k: v for k, v in data.items() if k != "image" and k not in item})
         out = self.postprocessing(item)["pred"]
         label = np.asarray(out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out)
         label = label[0] if label.ndim == 4 else label

@@ -260,17 +260,20 @@ def test_invert_argmax_rejects_bad_setup():
 
 
 def test_inference_config_uses_the_fast_postprocessing():
-    """inference.json inverts with InvertArgmaxd over its own preprocessing, then keeps the largest liver, then the
-    real-CT postprocessing (scripts/postprocessing.py, model card "Real CT"), then writes."""
+    """inference.json inverts with InvertArgmaxd over its own preprocessing, peels HU outliers off the liver on the
+    source grid, then keeps the largest liver, then the real-CT postprocessing (scripts/postprocessing.py, model card
+    "Real CT"), then writes."""
     post = json.loads(CONFIG.read_text())["postprocessing"]["transforms"]
     targets = [t["_target_"] for t in post]
     assert targets == [
-        "Activationsd", "scripts.transforms.InvertArgmaxd", "scripts.transforms.KeepLargestComponentInBoxd",
+        "Activationsd", "scripts.transforms.InvertArgmaxd", "scripts.postprocessing.PeelLiverOutliersd",
+        "DeleteItemsd", "scripts.transforms.KeepLargestComponentInBoxd",
         "scripts.postprocessing.KeepLiverCored", "scripts.postprocessing.LesionsInLiverd",
         "scripts.postprocessing.RemoveSmallLesionsd", "scripts.postprocessing.FillLiverHolesd", "SaveImaged",
     ]  # fmt: skip
     assert post[1]["transform"] == "@preprocessing" and post[1]["orig_keys"] == "image"
-    assert post[2]["applied_labels"] == [1, 2] and post[2]["independent"] is False
+    assert post[2]["image_key"] == "hu_source" and post[3]["keys"] == "hu_source"
+    assert post[4]["applied_labels"] == [1, 2] and post[4]["independent"] is False
     assert post[-1]["writer"] == "scripts.transforms.LabelNiftiWriter"
 
 
