@@ -11,7 +11,7 @@ PORT ?= 8000
 STUDIES ?= sample-data/Dataset001_LiverPhantom/imagesTs
 CACHE := .cache
 
-.PHONY: install system-deps serve serve-pacs test sample-data weights score-weights comparison lint clean zoo-bundle real-eval
+.PHONY: install system-deps serve serve-pacs test sample-data weights deepedit-weights score-weights comparison lint clean zoo-bundle real-eval
 
 install: $(VENV)/.installed
 
@@ -83,6 +83,25 @@ weights: install $(CACHE)/wheels/.fetched
 	cp $(WEIGHTS_RUN)/models2/model.pt bundles/liver_ct_seg/models/model.pt
 	$(PY) -m liverseg.zoo large-files
 	@echo "new weights in bundles/liver_ct_seg/models/model.pt; score them with: make score-weights"
+
+# The interactive (DeepEdit-type) model's weights: train_deepedit.json over train.json on the same data as `make weights`,
+# started from the shipped automatic weights, simulated clicks (0-6 rounds per batch); best checkpoint by the
+# validation Dice after 3 clicks. Written to $(DEEPEDIT_RUN); DEEPEDIT_PROMOTE=1 copies them to models/deepedit/.
+DEEPEDIT_RUN := $(CACHE)/deepedit-run
+DEEPEDIT_EPOCHS ?= 60
+deepedit-weights: install $(CACHE)/wheels/.fetched
+	rm -rf $(WEIGHTS_DATA) $(DEEPEDIT_RUN)
+	$(PY) -m liverseg phantoms --out $(WEIGHTS_DATA) --num-train 24 --num-test 0 --seed 1000
+	$(PY) -m liverseg convert lits117 $(WEIGHTS_DATA) --cache-dir $(CACHE)/wheels
+	cd bundles/liver_ct_seg && ../../$(PY) -m monai.bundle run \
+		--config_file "['configs/train.json','configs/train_deepedit.json']" $(WEIGHTS_ARGS) \
+		--output_dir ../../$(DEEPEDIT_RUN)/log --ckpt_dir ../../$(DEEPEDIT_RUN)/models --max_epochs $(DEEPEDIT_EPOCHS) \
+		--early_stop_patience 8
+	@if [ -n "$(DEEPEDIT_PROMOTE)" ] && [ "$(DEEPEDIT_PROMOTE)" != 0 ]; then \
+		mkdir -p bundles/liver_ct_seg/models/deepedit && \
+		cp $(DEEPEDIT_RUN)/models/model.pt bundles/liver_ct_seg/models/deepedit/model.pt.tmp && \
+		mv bundles/liver_ct_seg/models/deepedit/model.pt.tmp bundles/liver_ct_seg/models/deepedit/model.pt; \
+	else echo "interactive weights in $(DEEPEDIT_RUN)/models/model.pt (DEEPEDIT_PROMOTE=1 to serve them by default)"; fi
 
 # Score the shipped weights on the held-out sample phantoms (imagesTs/labelsTs), in each case's own geometry.
 SCORE := $(CACHE)/score-weights

@@ -57,6 +57,7 @@ SCT = "SCT"
 LIVER, NEOPLASM = "10200004", "108369006"  # SNOMED CT: Liver; Neoplasm (the tumor segment, anatomic region liver)
 RESULT: dict = {}  # what the round trip saved and the model's output, for the world-space check
 PAGE_TIMEOUT_MS = 120_000  # polled waits: a loaded machine takes longer, an idle one does not wait
+RENDER_TIMEOUT_S = 120.0  # a viewport polled until it shows what is awaited
 STANDARD_SEED = 501  # the phantom of the standard-orientation series (the apps tests' "case_lps" anatomy)
 
 
@@ -148,6 +149,36 @@ def _overlay_pixels(px: np.ndarray) -> int:
     return int(((px[..., 0] - px[..., 2]) > 0.15).sum())
 
 
+def _wait_for_viewport(page, done, what: str, timeout_s: float = RENDER_TIMEOUT_S) -> np.ndarray:
+    """The axial viewport's pixels once ``done(pixels)`` holds, polled (a loaded machine renders late); fails with
+    ``what`` and the last reading after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        px = _viewport(page)
+        if done(px):
+            return px
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout_s:.0f} s (std {px.std():.3f}, overlay {_overlay_pixels(px)})")
+        page.wait_for_timeout(500)
+
+
+def _click_until_requested(page, button, matches, tries: int = 6, wait_ms: int = 10_000):
+    """Click ``button`` until the page sends a request that ``matches`` (a panel still loading its server's model list
+    swallows the click), at most ``tries`` times ``wait_ms`` apart; the request."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(tries - 1):
+        try:
+            with page.expect_request(matches, timeout=wait_ms) as request:
+                button.click()
+            return request.value
+        except PlaywrightTimeout:
+            continue
+    with page.expect_request(matches, timeout=wait_ms) as request:
+        button.click()
+    return request.value
+
+
 def _segmentation_menu(page):
     """The "..." menu button of the segmentation (left of the segmentation selector in the Segmentation panel)."""
     selector = page.get_by_text("Segmentations", exact=True).last.bounding_box()
@@ -183,26 +214,19 @@ def _auto_segment_and_save(srv: Server, browser, study_uid: str, ct_uid: str, sh
         page.wait_for_function(
             "() => [...document.querySelectorAll('canvas')].some(c => c.width > 100 && c.height > 100)"
         )
-        page.wait_for_timeout(2000)  # frames arrive through the app's proxy, then render
-        before = _viewport(page)
-        assert before.std() > 0.05, "the viewport is blank: the CT was not rendered"
+        # frames arrive through the app's proxy, then render
+        before = _wait_for_viewport(page, lambda px: px.std() > 0.05, "the viewport stayed blank: no CT rendered")
+        assert _overlay_pixels(before) < 50, _overlay_pixels(before)
         shot("1-study.png")
 
         # 2. auto-segmentation from the MONAI Label panel: the liver overlay appears
         page.locator(".monaiLabelPanel button.actionButton").first.click()  # connect to the cookie's server
         run = page.locator("button[title='Run Segmentation']")
         run.wait_for()
-        page.wait_for_timeout(1000)
-        with page.expect_response(lambda r: "/infer/liver_ct_seg" in r.url) as infer:
-            run.click()
-        assert infer.value.status == 200 and ct_uid in infer.value.url
+        infer = _click_until_requested(page, run, lambda r: "/infer/liver_ct_seg" in r.url).response()
+        assert infer is not None and infer.status == 200 and ct_uid in infer.url
         page.get_by_text("Running Segmentation - Successful").first.wait_for()
-        page.wait_for_timeout(2000)
-        after = _viewport(page)
-        assert _overlay_pixels(before) < 50 and _overlay_pixels(after) > 300, (
-            _overlay_pixels(before),
-            _overlay_pixels(after),
-        )
+        _wait_for_viewport(page, lambda px: _overlay_pixels(px) > 300, "no liver overlay appeared")
         shot("2-auto-segmentation.png")
 
         # 3. save: Segmentation panel -> "..." -> Export & Download -> Export DICOM SEG -> name -> Save
@@ -229,14 +253,17 @@ def _auto_segment_and_save(srv: Server, browser, study_uid: str, ct_uid: str, sh
         context.close()
 
 
+def _seg_series(srv: Server, study_uid: str) -> dict:
+    """The QIDO-RS record (DICOM JSON) of the one SEG series of ``study_uid`` in Orthanc."""
+    found = requests.get(f"{srv.dicomweb}/studies/{study_uid}/series", params={"Modality": "SEG"},
+                         headers={"Accept": "application/dicom+json"}, timeout=30).json()  # fmt: skip
+    assert len(found) == 1, found
+    return found[0]
+
+
 def _stored_seg(srv: Server, study_uid: str) -> pydicom.Dataset:
     """The one SEG of ``study_uid`` in Orthanc (found by QIDO-RS), as the file Orthanc stores."""
-    json_accept = {"Accept": "application/dicom+json"}
-    found = requests.get(
-        f"{srv.dicomweb}/studies/{study_uid}/series", params={"Modality": "SEG"}, headers=json_accept, timeout=30
-    ).json()
-    assert len(found) == 1, found
-    seg_uid = found[0]["0020000E"]["Value"][0]
+    seg_uid = _seg_series(srv, study_uid)["0020000E"]["Value"][0]
     orthanc = srv.dicomweb.rsplit("/dicom-web", 1)[0]  # Orthanc's REST API: the stored file as it is
     series = [x for x in requests.get(f"{orthanc}/series?expand", timeout=30).json()
               if x["MainDicomTags"]["SeriesInstanceUID"] == seg_uid]  # fmt: skip
@@ -261,12 +288,9 @@ def test_ohif_auto_segment_save_and_train_list(pacs_server, browser, shots):
 
     # 4. the new SEG in Orthanc, found by QIDO-RS; its segments coded liver / tumor (SNOMED CT), on the CT series
     json_accept = {"Accept": "application/dicom+json"}
-    found = requests.get(
-        f"{srv.dicomweb}/studies/{study_uid}/series", params={"Modality": "SEG"}, headers=json_accept, timeout=30
-    ).json()
-    assert len(found) == 1, found
-    seg_uid = found[0]["0020000E"]["Value"][0]
-    assert found[0]["0008103E"]["Value"] == [SEG_NAME]
+    found = _seg_series(srv, study_uid)
+    seg_uid = found["0020000E"]["Value"][0]
+    assert found["0008103E"]["Value"] == [SEG_NAME]
     meta = requests.get(f"{srv.dicomweb}/studies/{study_uid}/series/{seg_uid}/metadata", headers=json_accept,
                         timeout=30).json()  # fmt: skip
     assert len(meta) == 1

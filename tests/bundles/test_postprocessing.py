@@ -243,6 +243,11 @@ def test_peel_dict_wrapper_needs_the_image():
         t({"pred": _label(lab.copy())})
     with pytest.raises(ValueError, match="k_mad"):
         PeelLiverOutliers(k_mad=-1)
+    # every setting of the array transform is one of the wrapper's (the bundle's config can set them)
+    t = PeelLiverOutliersd(keys="pred", image_key="hu_source", tumor_margin_mm=7.5, min_piece_fraction=0.2)
+    assert (t.transform.tumor_margin_mm, t.transform.min_piece_fraction) == (7.5, 0.2)
+    with pytest.raises(ValueError, match="min_piece_fraction"):
+        PeelLiverOutliersd(keys="pred", image_key="hu_source", min_piece_fraction=-0.1)
 
 
 def test_peel_keeps_the_liver_around_a_subcapsular_lesion():

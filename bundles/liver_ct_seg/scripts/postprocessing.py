@@ -472,25 +472,13 @@ class PeelLiverOutliers(Transform):
 
 class PeelLiverOutliersd(MapTransform):
     """Dictionary wrapper of :class:`PeelLiverOutliers`: ``keys`` are labels, ``image_key`` the source image in HU
-    on their grid (e.g. a copy of the loaded image made before any spatial preprocessing)."""
+    on their grid (e.g. a copy of the loaded image made before any spatial preprocessing); every other keyword
+    argument (``k_mad``, ``tumor_margin_mm``, ``min_piece_fraction``, ...) goes to :class:`PeelLiverOutliers`."""
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        image_key: str,
-        k_mad: float = 3.0,
-        min_halfwidth_hu: float = 20.0,
-        smooth_mm: float = 1.5,
-        core_mm: float = 3.0,
-        liver_label: int = 1,
-        thin_voxels: int = 1,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, image_key: str, allow_missing_keys: bool = False, **kwargs: Any) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
-        self.transform = PeelLiverOutliers(
-            k_mad, min_halfwidth_hu, smooth_mm, core_mm, liver_label, thin_voxels=thin_voxels
-        )
+        self.transform = PeelLiverOutliers(**kwargs)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
