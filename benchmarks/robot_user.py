@@ -123,8 +123,13 @@ def run_case(
     click_fn,
     stop_when_done: bool = False,
     full_model: Optional[InteractiveModel] = None,
+    liver_only: bool = False,
 ) -> Dict[str, Any]:
     """The robot user on one case; returns Dice curves, clicks, timings.
+
+    ``liver_only``: the reference labels the liver only (label 2 in it is not a liver tumor, e.g. 3Dircadb1.7's mask
+    outside the liver): the truth is label 1, a predicted tumor counts as liver, and the robot clicks liver /
+    background only.
 
     ``stop_when_done``: stop once every reported figure is known: at least ``max(REPORT_CLICKS)`` clicks made and
     both NoC targets reached (the curves then end there; NoC and the Dice after 0-10 clicks are exact).
@@ -134,6 +139,8 @@ def run_case(
 
     ref = nib.load(label)
     truth = np.rint(np.asarray(ref.dataobj)).astype(np.int16)
+    if liver_only:
+        truth = (truth == 1).astype(np.int16)
     spacing = [float(s) for s in nib.affines.voxel_sizes(ref.affine)]
     clicks: Dict[str, List[List[int]]] = {name: [] for name in model.labels}
     names = {1: "liver", 2: "tumor", 0: "background"}
@@ -167,7 +174,10 @@ def run_case(
             max(tumor) >= TUMOR_TARGET or not (truth == 2).any()
         ):
             break
-        click = click_fn(pred, truth, (0, 1, 2), spacing)
+        if liver_only:
+            click = click_fn((pred > 0).astype(np.int16), truth, (0, 1), spacing)
+        else:
+            click = click_fn(pred, truth, (0, 1, 2), spacing)
         if click is None:  # perfect: the curves stay where they are
             liver += [liver[-1]] * (max_clicks - n)
             tumor += [tumor[-1]] * (max_clicks - n)
@@ -284,12 +294,15 @@ def markdown(
     return "\n".join(lines)
 
 
-def find_cases(dataset: Path, split: str, only: Sequence[str]) -> Dict[str, tuple[str, str]]:
+def find_cases(
+    dataset: Path, split: str, only: Sequence[str], labels: Optional[Path] = None
+) -> Dict[str, tuple[str, str]]:
+    """``{case: (image, label)}`` of ``dataset``'s ``images<split>``; labels from ``labels<split>`` or ``labels``."""
     images = sorted((dataset / f"images{split}").glob("*_0000.nii.gz"))
     out = {}
     for img in images:
         case = img.name[: -len("_0000.nii.gz")]
-        label = dataset / f"labels{split}" / f"{case}.nii.gz"
+        label = (labels or dataset / f"labels{split}") / f"{case}.nii.gz"
         if only and case not in only:
             continue
         if not label.is_file():
@@ -328,6 +341,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     help="benchmark one synthetic phantom CT of this shape (written once) instead of --dataset")
     ap.add_argument("--split", default="Ts", choices=["Ts", "Tr"], help="imagesTs/labelsTs (default) or Tr")
     ap.add_argument("--cases", nargs="*", default=[], help="case ids (default: all)")
+    ap.add_argument("--labels", type=Path,
+                    help="folder of the reference labels (default: the dataset's labels<split>; for the real "
+                         "3D-IRCADb patients: .cache/real-eval/dataset/scoring_labels, as `liverseg real-eval` scores)")
     ap.add_argument("--weights", type=Path, default=BUNDLE / "models" / "deepedit" / "model.pt")
     ap.add_argument("--max-clicks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
@@ -336,7 +352,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     help="after each click also re-infer the whole volume: its timings and the Dice between the two")
     ap.add_argument("--stop-when-done", action="store_true",
                     help="stop a case after 10 clicks once both NoC targets are reached (same figures, less time)")
-    ap.add_argument("--no-tumor", nargs="*", default=[], help="cases to leave out of the tumor figures")
+    ap.add_argument("--no-tumor", nargs="*", default=[],
+                    help="cases scored liver-only (label 1 is the truth; left out of the tumor figures)")
     ap.add_argument("--json", type=Path, help="write all curves and the summary here")
     ap.add_argument("--out", type=Path, help="append the markdown table to this file")
     ap.add_argument("--title", default="Robot user")
@@ -359,9 +376,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args.dataset, args.split = synthetic_dataset(args.synthetic, args.dataset), "Ts"
 
     cases = {}
-    for case, (image, label) in find_cases(args.dataset, args.split, args.cases).items():
+    for case, (image, label) in find_cases(args.dataset, args.split, args.cases, args.labels).items():
         cases[case] = run_case(model, image, label, args.max_clicks, largest_error_click, args.stop_when_done,
-                               full_model)  # fmt: skip
+                               full_model, liver_only=case in set(args.no_tumor))  # fmt: skip
         c = cases[case]
         logger.info("%s: liver %.3f -> %.3f, tumor %.3f -> %.3f, %.2f s/click", case, c["liver_dice"][0],
                     c["liver_dice"][-1], c["tumor_dice"][0], c["tumor_dice"][-1], c["seconds_per_click"])  # fmt: skip

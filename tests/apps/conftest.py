@@ -184,3 +184,35 @@ def server(tmp_path_factory, test_bundle, studies):
     srv = Server(studies, tmp_path_factory.mktemp("serve"), test_bundle, conf=[("variants", "unet")]).start()
     yield srv
     srv.stop()
+
+
+def interactive_source(test_bundle: Path, root: Path) -> Path:
+    """A copy of the test bundle with interactive weights widened from its automatic ones (zero guidance weights): with
+    no click it is the automatic model, and a click acts through the configs' smart click (``SoftmaxWithClicksd``)."""
+    import importlib.util
+
+    import torch
+    from lib import deepedit
+
+    source = root / "liver_ct_seg"
+    shutil.copytree(test_bundle, source, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = importlib.util.spec_from_file_location("clicks_for_test", source / "scripts" / "clicks.py")
+    clicks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(clicks)
+    from monai.bundle import ConfigParser
+    from monailabel.utils.others.class_utils import unload_module
+
+    parser = ConfigParser(deepedit.merged_deepedit_config(source, "inference.json"))
+    parser["bundle_root"] = str(source)
+    parser["device"] = "$torch.device('cpu')"
+    sys.path.insert(0, str(source))  # the bundle's `scripts` package, as monailabel puts it while it builds
+    unload_module("scripts")
+    try:
+        network = parser.get_parsed_content("network_def")
+    finally:
+        sys.path.remove(str(source))
+        unload_module("scripts")
+    net = clicks.load_automatic_weights(network, str(source / "models" / "model.pt"))
+    (source / "models" / "deepedit").mkdir()
+    torch.save(net.state_dict(), source / "models" / "deepedit" / "model.pt")
+    return source

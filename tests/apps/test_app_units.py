@@ -644,6 +644,7 @@ def test_seg_to_label_dcmqi_sample(tmp_path):
         ([" LIVER "], {1: 1}),
         (["Segment_1", "tumor"], {1: 1, 2: 2}),  # not all named: segment numbers
         (["liver", "tumor", "vessel"], {1: 1, 2: 2, 3: 3}),
+        (["Background", "liver", "tumor"], {1: 0, 2: 1, 3: 2}),  # OHIF's, with the interactive model: nothing
     ],
 )
 def test_segment_values(names, expected):

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -18,34 +15,7 @@ from lib import deepedit  # noqa: E402
 from lib.validation import BadRequest  # noqa: E402
 
 from liverseg.imageio import write_nifti
-
-
-def _interactive_source(test_bundle: Path, root: Path) -> Path:
-    """A copy of the test bundle with interactive weights widened from its automatic ones (zero guidance weights)."""
-    import importlib.util
-
-    source = root / "liver_ct_seg"
-    shutil.copytree(test_bundle, source, ignore=shutil.ignore_patterns("__pycache__"))
-    spec = importlib.util.spec_from_file_location("clicks_for_test", source / "scripts" / "clicks.py")
-    clicks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(clicks)
-    from monai.bundle import ConfigParser
-    from monailabel.utils.others.class_utils import unload_module
-
-    parser = ConfigParser(deepedit.merged_deepedit_config(source, "inference.json"))
-    parser["bundle_root"] = str(source)
-    parser["device"] = "$torch.device('cpu')"
-    sys.path.insert(0, str(source))  # the bundle's `scripts` package, as monailabel puts it while it builds
-    unload_module("scripts")
-    try:
-        network = parser.get_parsed_content("network_def")
-    finally:
-        sys.path.remove(str(source))
-        unload_module("scripts")
-    net = clicks.load_automatic_weights(network, str(source / "models" / "model.pt"))
-    (source / "models" / "deepedit").mkdir()
-    torch.save(net.state_dict(), source / "models" / "deepedit" / "model.pt")
-    return source
+from tests.apps.conftest import interactive_source
 
 
 @pytest.mark.parametrize("option, with_weights, served", [
@@ -92,7 +62,7 @@ def test_check_clicks_refuses_bad_points(request_in, words):
 def test_deepedit_task_zero_clicks_is_automatic_and_clicks_reach_the_network(test_bundle, phantoms, tmp_path):
     from lib.infer import LiverSegInferTask
 
-    source = _interactive_source(test_bundle, tmp_path)
+    source = interactive_source(test_bundle, tmp_path)
     auto_bundle = bundles.prepare_bundle(source, tmp_path / "model")
     interactive = deepedit.interactive_bundle("auto", source, tmp_path / "model", {"liver_ct_seg": auto_bundle})
     task = deepedit.LiverDeepEditInferTask(str(interactive.path), {})

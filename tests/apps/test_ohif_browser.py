@@ -19,6 +19,7 @@ plugin, Chromium or playwright.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -38,7 +39,7 @@ from liverseg import LABELS, pacs
 from liverseg.cli import main as cli_main
 from liverseg.phantom import generate_phantom
 from tests import procs
-from tests.apps.conftest import PHANTOM_SHAPE, Server, free_port
+from tests.apps.conftest import PHANTOM_SHAPE, Server, free_port, interactive_source
 from tests.apps.dicomweb import (
     CHROMIUM_FLAGS,
     centroid_mm,
@@ -59,6 +60,8 @@ RESULT: dict = {}  # what the round trip saved and the model's output, for the w
 PAGE_TIMEOUT_MS = 120_000  # polled waits: a loaded machine takes longer, an idle one does not wait
 RENDER_TIMEOUT_S = 120.0  # a viewport polled until it shows what is awaited
 STANDARD_SEED = 501  # the phantom of the standard-orientation series (the apps tests' "case_lps" anatomy)
+SEGMENT_LABELS = {"background": 0, "liver": LABELS["liver"], "tumor": LABELS["tumor"]}  # OHIF's segment names
+CLICK_SEED = 502  # the phantom of the click test's study
 
 
 def _ct_series_uid() -> str:
@@ -102,7 +105,9 @@ def pacs_server(tmp_path_factory, test_bundle):
         if reason:
             pytest.skip(reason)
     workdir = tmp_path_factory.mktemp("serve-pacs")
-    srv = Server(workdir / "unused-with-pacs", workdir, test_bundle)
+    # the test bundle with interactive weights (widened from its automatic ones), so that OHIF offers point prompts
+    bundle = interactive_source(test_bundle, workdir / "bundle")
+    srv = Server(workdir / "unused-with-pacs", workdir, bundle)
     srv.pacs_port = free_port()
     srv.dicomweb = f"http://127.0.0.1:{srv.pacs_port}/dicom-web"
     srv.args = ["--pacs", "--pacs-port", str(srv.pacs_port)]
@@ -185,10 +190,15 @@ def _segmentation_menu(page):
     return selector["x"] - 24, selector["y"] + selector["height"] / 2
 
 
-def _auto_segment_and_save(srv: Server, browser, study_uid: str, ct_uid: str, shots: Path | None) -> None:
+def _auto_segment_and_save(
+    srv: Server, browser, study_uid: str, ct_uid: str, shots: Path | None, click: dict | None = None
+) -> None:
     """In OHIF's MONAI Label mode on ``study_uid``: auto-segmentation from the MONAI Label panel (the overlay appears),
     then Segmentation panel -> "..." -> Export & Download -> Export DICOM SEG -> name -> Save (STOW through the app's
-    proxy, "saved" notification). Screenshots of the steps go to ``shots`` (none when None)."""
+    proxy, "saved" notification). Screenshots of the steps go to ``shots`` (none when None).
+
+    ``click``: a dict to fill: between the two, one liver click of the interactive model (:func:`_liver_click`); the
+    dict gets the request's parameters and the overlay's pixel counts."""
 
     def shot(name: str) -> None:
         if shots is not None:
@@ -226,14 +236,19 @@ def _auto_segment_and_save(srv: Server, browser, study_uid: str, ct_uid: str, sh
         infer = _click_until_requested(page, run, lambda r: "/infer/liver_ct_seg" in r.url).response()
         assert infer is not None and infer.status == 200 and ct_uid in infer.url
         page.get_by_text("Running Segmentation - Successful").first.wait_for()
-        _wait_for_viewport(page, lambda px: _overlay_pixels(px) > 300, "no liver overlay appeared")
+        after = _wait_for_viewport(page, lambda px: _overlay_pixels(px) > 300, "no liver overlay appeared")
+        if click is not None:
+            click["auto"] = after
         shot("2-auto-segmentation.png")
+        if click is not None:
+            _liver_click(page, before, click, shot)
 
         # 3. save: Segmentation panel -> "..." -> Export & Download -> Export DICOM SEG -> name -> Save
         page.locator("[data-cy=panelSegmentation-btn]").click()
         rows = page.locator("[data-cy=data-row]")
         rows.first.wait_for()
-        assert [" ".join(t.split()) for t in rows.all_inner_texts()] == ["1 liver", "2 tumor"]
+        # the interactive model's labels name background (3D Slicer's background points): OHIF makes it a segment
+        assert [" ".join(t.split()) for t in rows.all_inner_texts()] == ["1 background", "2 liver", "3 tumor"]
         page.mouse.click(*_segmentation_menu(page))
         page.get_by_text("Export & Download").hover()
         export = page.get_by_text("Export DICOM SEG")
@@ -259,6 +274,39 @@ def _seg_series(srv: Server, study_uid: str) -> dict:
                          headers={"Accept": "application/dicom+json"}, timeout=30).json()  # fmt: skip
     assert len(found) == 1, found
     return found[0]
+
+
+def _overlay_mask(px: np.ndarray) -> np.ndarray:
+    return (px[..., 0] - px[..., 2]) > 0.15
+
+
+def _liver_click(page, plain: np.ndarray, click: dict, shot) -> None:
+    """MONAI Label panel -> Point Prompts (the interactive model) -> label "liver" -> one click on the CT just beside
+    the auto-segmentation's overlay (where OHIF's plugin shows a change: it updates only voxels that are background or
+    of the clicked label) -> Run; the overlay must change. ``plain``: the viewport before any overlay; ``click`` gets
+    the request's parameters and the overlay's pixel counts before and after."""
+    page.get_by_text("Point Prompts", exact=True).click()
+    page.locator("tr.clickable-row").filter(has=page.get_by_text("liver", exact=True)).first.click()
+    overlay = _overlay_mask(click["auto"])
+    rows = np.nonzero(overlay.any(axis=1))[0]
+    row = int(rows[len(rows) // 2])  # the overlay's middle row: a click 4 px left of its leftmost pixel there
+    col = int(np.nonzero(overlay[row])[0][0]) - 4
+    assert col > 0 and plain[row, col].mean() > 0.1, ("no CT beside the overlay", row, col)
+    box = page.locator("[data-cy=viewport-pane]").first.bounding_box()
+    page.mouse.click(box["x"] + col + 0.5, box["y"] + row + 0.5)
+    page.wait_for_timeout(500)  # the click's marker is drawn in the segment's colour: it belongs to "before"
+    marked = _viewport(page)
+    run = page.locator("button[title='Run PointPrompts']")
+    request = _click_until_requested(page, run, lambda r: "/infer/liver_ct_seg_deepedit" in r.url)
+    response = request.response()
+    assert response is not None and response.status == 200, response and response.status
+    click["params"] = json.loads(re.search(rb'name="params"\r\n\r\n(.*?)\r\n--', request.post_data_buffer, re.S)[1])
+    page.get_by_text("Running Inference for Point Prompts - Successful").first.wait_for()
+    n_marked = int(_overlay_mask(marked).sum())
+    changed = _wait_for_viewport(page, lambda px: abs(int(_overlay_mask(px).sum()) - n_marked) > 20,
+                                 "the click did not change the overlay")  # fmt: skip
+    click["overlay_pixels"] = (n_marked, int(_overlay_mask(changed).sum()))
+    shot("2b-liver-click.png")
 
 
 def _stored_seg(srv: Server, study_uid: str) -> pydicom.Dataset:
@@ -297,7 +345,7 @@ def test_ohif_auto_segment_save_and_train_list(pacs_server, browser, shots):
     seg = pydicom.Dataset.from_json(meta[0])
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct_uid
     segments = {str(s.SegmentLabel): s for s in seg.SegmentSequence}
-    assert sorted(segments) == ["liver", "tumor"]
+    assert sorted(segments) == ["background", "liver", "tumor"]  # background: painted as nothing (lib.datastore)
     for label, code in (("liver", LIVER), ("tumor", NEOPLASM)):
         kind = segments[label].SegmentedPropertyTypeCodeSequence[0]
         assert (kind.CodingSchemeDesignator, kind.CodeValue) == (SCT, code), (label, kind)
@@ -315,7 +363,7 @@ def test_ohif_auto_segment_save_and_train_list(pacs_server, browser, shots):
     np.testing.assert_allclose(label_img.affine, image.affine, atol=1e-3)
     label = np.asarray(label_img.dataobj)
     painted = seg_to_labelmap(_stored_seg(srv, study_uid), image.shape, image.affine,
-                              {"liver": 1, "tumor": LABELS["tumor"]})  # fmt: skip
+                              SEGMENT_LABELS)  # fmt: skip
     np.testing.assert_array_equal(label, painted)
     assert set(np.unique(label).tolist()) <= {0, LABELS["liver"], LABELS["tumor"]} and (label > 0).sum() > 1000
     model, model_affine = _model_output(srv, ct_uid)
@@ -369,22 +417,49 @@ def test_standard_orientation_series_saved_in_world_space(pacs_server, browser, 
     _auto_segment_and_save(srv, browser, study_uid, ct_uid, None)
 
     image, affine, _ = read_dicom_series(tmp_path / "CT")
-    painted = seg_to_labelmap(_stored_seg(srv, study_uid), image.shape, affine, {"liver": 1, "tumor": LABELS["tumor"]})
+    painted = seg_to_labelmap(_stored_seg(srv, study_uid), image.shape, affine, SEGMENT_LABELS)
     model, model_affine = _model_output(srv, ct_uid)
     np.testing.assert_allclose(model_affine, affine, atol=1e-3)
     assert (model > 0).sum() > 300
     _assert_same_in_world_space(painted, model, affine)
 
 
-def test_ohif_click_changes_the_overlay(pacs_server):
-    """A click of the interactive (DeepEdit) model in OHIF changes the overlay; only where the app serves one."""
-    models = requests.get(f"{pacs_server.url}/info/", timeout=60).json()["models"]
-    if not any(m.get("type") == "deepedit" for m in models.values()):
-        pytest.skip(
-            "no interactive (deepedit) model in this app instance: the test bundle has no "
-            "models/deepedit/model.pt, and no DeepEdit weights are shipped (see lib/deepedit.py)"
-        )
-    pytest.skip("driving OHIF's point prompts for the deepedit model is not automated yet")
+def test_ohif_click_changes_the_overlay_and_is_saved(pacs_server, browser, tmp_path):
+    """OHIF's point prompts drive the interactive (DeepEdit) model: after auto-segmentation, a liver click beside the
+    liver changes the overlay; the request carries the click; the served model's result with that click has more liver
+    than without; the SEG saved afterwards is in Orthanc and is the study's training label (a study of its own)."""
+    srv = pacs_server
+    models = requests.get(f"{srv.url}/info/", timeout=60).json()["models"]
+    assert models["liver_ct_seg_deepedit"]["type"] == "deepedit", models
+    phantom = generate_phantom(CLICK_SEED, shape=PHANTOM_SHAPE, orientation="LPS")
+    files, first = write_study(tmp_path / "CT", phantom.image, phantom.affine, patient_name="Click^Test",
+                               patient_id="CLICK", study_description="liver click")  # fmt: skip
+    orthanc = srv.dicomweb.rsplit("/dicom-web", 1)[0]
+    for f in files:
+        r = requests.post(f"{orthanc}/instances", data=f.read_bytes(), headers={"Content-Type": "application/dicom"},
+                          timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+    study_uid, ct_uid = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+
+    click: dict = {}
+    _auto_segment_and_save(srv, browser, study_uid, ct_uid, None, click=click)
+    assert len(click["params"]["liver"]) == 1 and not click["params"].get("tumor"), click["params"]
+    assert click["overlay_pixels"][1] > click["overlay_pixels"][0], click["overlay_pixels"]  # a liver click adds
+
+    # the served model, with OHIF's click and without: the click adds liver
+    client = MONAILabelClient(srv.url, tmpdir=str(tmp_path / "client"))
+    clicks = {k: click["params"].get(k) or [] for k in ("liver", "tumor", "background")}
+    with_click = np.asarray(nib.load(client.infer("liver_ct_seg_deepedit", ct_uid, clicks)[0]).dataobj)
+    without = np.asarray(nib.load(client.infer("liver_ct_seg_deepedit", ct_uid, {})[0]).dataobj)
+    assert (with_click > 0).sum() > (without > 0).sum(), ((with_click > 0).sum(), (without > 0).sum())
+
+    # saved: the study's SEG in Orthanc is its training label
+    _seg_series(srv, study_uid)
+    train = requests.get(f"{srv.url}/datastore/", params={"output": "train"}, timeout=120).json()
+    mine = [t for t in train if ct_uid in t["image"]]
+    assert len(mine) == 1, train
+    label = np.asarray(nib.load(mine[0]["label"]).dataobj)
+    assert (label > 0).sum() > 1000
 
 
 def test_stopping_serve_pacs_leaves_nothing_running(pacs_server):

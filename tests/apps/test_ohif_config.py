@@ -231,6 +231,24 @@ def test_stow_of_an_ohif_seg_is_recoded_by_segment_name(lps_series, tmp_path):
     assert ohif.recode_stow(out, ctype) is None  # already coded: forwarded as it is
 
 
+def test_stow_of_an_ohif_seg_with_a_background_segment_is_recoded(lps_series, tmp_path):
+    """With the interactive model served, OHIF's segments are background, liver, tumor: liver and tumor get their codes,
+    the background segment keeps its own, and the datastore paints it as nothing."""
+    from liverseg.dicom.seg import LIVER_CODE
+
+    p, files, _ = lps_series
+    seg = _ohif_style(write_seg(tmp_path / "ohif.dcm", p.label.astype(np.uint8), p.affine, files, names=("a", "b")),
+                      ["Background", "Liver"])  # fmt: skip
+    body, ctype = _stow_body([seg.read_bytes()])
+    out = ohif.recode_stow(body, ctype)
+    assert out is not None
+    items = {int(s.SegmentNumber): s for s in _stow_instances(out)[0].SegmentSequence}
+    assert items[2].SegmentedPropertyTypeCodeSequence[0].CodeValue == LIVER_CODE.value
+    original = {int(s.SegmentNumber): s for s in pydicom.dcmread(seg).SegmentSequence}
+    assert items[1].SegmentedPropertyTypeCodeSequence[0].to_json_dict() == \
+        original[1].SegmentedPropertyTypeCodeSequence[0].to_json_dict()  # fmt: skip
+
+
 def test_stow_bodies_left_as_they_are(lps_series, tmp_path):
     p, files, _ = lps_series
     other = _ohif_style(write_seg(tmp_path / "o.dcm", p.label.astype(np.uint8), p.affine, files), ["Liver", "Spleen"])

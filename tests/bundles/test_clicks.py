@@ -274,3 +274,37 @@ def test_grow_clicks_claims_the_clicked_region_only():
     assert (torch.argmax(d["pred"], 0).numpy() == 1).sum() == 1000
     plain = SoftmaxWithClicksd("pred")({"pred": logits, "image": image[:1]})["pred"]
     torch.testing.assert_close(plain, torch.softmax(logits, 0))
+
+
+def test_a_click_takes_a_lobe_whole_but_only_its_neighbourhood_in_the_bulk():
+    """A background click on a false-positive lobe (liver intensity, hanging on the liver by a thin bridge) removes the
+    lobe and the bridge, not the liver behind; a background click in the liver's bulk removes only a small ball; a
+    thin false-positive plate is taken whole."""
+    from scripts.clicks import grow_clicks
+
+    shape = (60, 40, 30)
+    intensity = np.full(shape, 0.6, np.float32)  # everything has the liver's intensity: only the shape can tell
+    liver = np.zeros(shape, bool)
+    liver[:34, :, :] = True  # the bulk, far wider than a click's reach
+    liver[40:50, 15:25, 10:20] = True  # a 10-voxel lobe ...
+    liver[34:40, 19:21, 14:16] = True  # ... on a 2 x 2 voxel bridge
+    liver[34:44, 0:8, 5:7] = True  # a 2-voxel plate sticking out of the bulk's face
+    prob = np.where(liver[None], np.array([0.1, 0.9, 0.0])[:, None, None, None], np.array([0.9, 0.1, 0.0])[:, None,
+                    None, None]).astype(np.float32)  # fmt: skip
+
+    def background_click(point):
+        guidance = guidance_from_points(shape, [[], [], [point]])
+        return np.argmax(grow_clicks(prob, intensity, guidance, [1, 2, 0], radius=(15, 15, 15)), 0) == 1
+
+    after = background_click([45, 20, 15])  # the lobe's centre
+    assert not after[40:50, 15:25, 10:20].any() and not after[39:40, 19:21, 14:16].any()  # the bridge: its end
+    assert after[:34].all()  # the bulk keeps every voxel
+    after = background_click([20, 20, 15])  # the bulk's centre
+    removed = liver & ~after
+    assert 0 < removed.sum() <= 123 and removed[20, 20, 15]  # a ball of radius 3 voxels at most
+    after = background_click([40, 4, 6])  # the plate
+    assert not after[36:44, 0:8, 5:7].any() and after[:34].all() and after[40:50, 15:25, 10:20].all()
+    # open_radius 0: the former rule, the whole connected region within the ball
+    guidance = guidance_from_points(shape, [[], [], [[45, 20, 15]]])
+    whole = np.argmax(grow_clicks(prob, intensity, guidance, [1, 2, 0], (15, 15, 15), open_radius=0), 0) == 1
+    assert (liver & ~whole)[:34].sum() > 500  # the bulk's cap within the click's reach went with the lobe

@@ -35,6 +35,9 @@ LABEL_VALUES = {0, 1, 2}
 SEGMENT_VALUES = {"liver": 1, "tumor": 2}  # DICOM SEG segment label (case-insensitive) -> label value
 # other names a person types for the same labels (OHIF codes every segment as "Tissue": only the name tells)
 SEGMENT_SYNONYMS = {"liver tumor": 2, "liver tumour": 2, "tumour": 2, "lesion": 2, "liver lesion": 2}
+# a segment named "background" is no structure: OHIF makes one (empty, or holding the viewer's background clicks) when
+# the served models include the interactive one, whose labels name background for 3D Slicer's background points
+BACKGROUND_NAMES = {"background": 0}
 ON_GRID_TOLERANCE = 0.05  # voxels: a SEG frame pixel this close to an image voxel centre lies on the image grid
 FINAL = DefaultLabelTag.FINAL.value
 
@@ -339,11 +342,11 @@ def segment_values(segments: Dict[int, Any]) -> Dict[int, int]:
     """Label value of each segment number of a DICOM SEG (``segments``: number -> SegmentSequence item).
 
     When every segment is named after an app label (``SegmentLabel`` ``liver`` or ``tumor``, any case, or a synonym
-    in :data:`SEGMENT_SYNONYMS` such as ``liver tumor``), the names decide (segment codes are not trusted: OHIF
-    codes every segment as "Tissue"); otherwise the segment numbers are the values (monailabel's convention), checked
-    by the caller.
+    in :data:`SEGMENT_SYNONYMS` such as ``liver tumor``; ``background``: value 0, painted as nothing), the names decide
+    (segment codes are not trusted: OHIF codes every segment as "Tissue"); otherwise the segment numbers are the
+    values (monailabel's convention), checked by the caller.
     """
-    known = {**SEGMENT_SYNONYMS, **SEGMENT_VALUES}
+    known = {**BACKGROUND_NAMES, **SEGMENT_SYNONYMS, **SEGMENT_VALUES}
     names = {int(n): " ".join(str(getattr(s, "SegmentLabel", "")).lower().split()) for n, s in segments.items()}
     if names and all(name in known for name in names.values()):
         return {n: known[name] for n, name in names.items()}
@@ -727,13 +730,17 @@ class LiverDICOMwebDatastore(_CheckedIds, DICOMWebDatastore):
     def _store_labels(self, refresh: bool = False) -> Dict[str, str]:
         """``{image series: SEG series}``: for every listed image that the store's SEGs reference, its newest SEG
         (:func:`newest_segs`). Cached like the image list (``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY``) unless
-        ``refresh``; a label saved through this server clears the cache."""
+        ``refresh`` (then the image list is read afresh too); a label saved through this server clears the cache."""
         from monailabel.config import settings
         from pydicom.dataset import Dataset
 
         ts, mapping = self._remote_labels
         if not refresh and time.time() - ts < float(settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY):
             return mapping
+        if refresh:  # the image list too: a series stored since it was cached has its SEG read as well
+            clear = getattr(DICOMWebDatastore.list_images, "cache_clear", None)
+            if clear is not None:
+                clear()
         images = set(self.list_images())
         found = []
         for item in self._client.search_for_series(search_filters={"Modality": "SEG"}):

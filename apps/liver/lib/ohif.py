@@ -276,16 +276,17 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 
 
 def _segment_value(name: Any) -> Optional[int]:
-    from lib.datastore import SEGMENT_SYNONYMS, SEGMENT_VALUES
+    from lib.datastore import BACKGROUND_NAMES, SEGMENT_SYNONYMS, SEGMENT_VALUES
 
     key = " ".join(str(name or "").lower().split())
-    return {**SEGMENT_SYNONYMS, **SEGMENT_VALUES}.get(key)
+    return {**BACKGROUND_NAMES, **SEGMENT_SYNONYMS, **SEGMENT_VALUES}.get(key)
 
 
 def recode_seg(ds: Any) -> bool:
     """Code the segments of a DICOM SEG ``ds`` by their names (``liver`` / ``tumor`` and synonyms, any case) as
-    ``liverseg.dicom.seg`` does; True when something changed. A SEG with a segment of another name is left as it is
-    (its codes may mean something the app does not know)."""
+    ``liverseg.dicom.seg`` does; True when something changed. A segment named ``background`` (OHIF's, when the
+    interactive model is served) keeps its codes; a SEG with a segment of another name is left as it is (its codes may
+    mean something the app does not know)."""
     from liverseg.dicom.seg import code_segment
 
     if str(getattr(ds, "SOPClassUID", "")) != SEG_SOP_CLASS or "SegmentSequence" not in ds:
@@ -295,7 +296,8 @@ def recode_seg(ds: Any) -> bool:
         return False
     before = [item.to_json_dict() for item in ds.SegmentSequence]
     for item, value in zip(ds.SegmentSequence, values):
-        code_segment(item, value)
+        if value:  # a "background" segment is no structure: its codes stay as they are
+            code_segment(item, value)
     return [item.to_json_dict() for item in ds.SegmentSequence] != before
 
 

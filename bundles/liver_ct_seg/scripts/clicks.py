@@ -371,6 +371,50 @@ def promote(ckpt_dir: str, bundle_root: str, enabled: bool = False, name: str = 
     return dst
 
 
+def _ball(radius: float) -> np.ndarray:
+    r = int(np.ceil(radius))
+    grid = np.indices((2 * r + 1,) * 3) - r
+    return (grid**2).sum(0) <= radius * radius
+
+
+def _claimed_region(
+    region: np.ndarray, same: np.ndarray, seed: Sequence[int], d2: np.ndarray, r: float, open_radius: float
+) -> np.ndarray:
+    """The part of ``region`` (the connected same-class, same-intensity voxels around ``seed`` within the ball
+    ``d2 <= r^2``) that a click at ``seed`` claims, by shape: the thick parts of ``same`` (those voxels in the whole
+    box, not only the ball) are what survives a morphological opening with a ball of ``open_radius`` voxels (the box's
+    border counts as inside, the image goes on beyond it); then
+
+    - ``seed`` in a thick part that stays inside the ball (a blob: a missed tumor, a false-positive lobe): that part and
+      what hangs on it, except within ``open_radius + 1`` voxels of any other thick part;
+    - ``seed`` in a thin part (a rim, a bridge, a small blob): the thin part's connected piece around ``seed``;
+    - ``seed`` in a thick part that reaches the ball's border (the bulk of an organ): a ball of ``open_radius``.
+
+    ``open_radius`` 0: all of ``region``.
+    """
+    if open_radius <= 0:
+        return region
+    seed = tuple(int(v) for v in seed)
+    ball = _ball(open_radius)
+    opened = ndimage.binary_dilation(ndimage.binary_erosion(same, structure=ball, border_value=1), structure=ball)
+    opened &= same
+    near = region & (d2 <= open_radius * open_radius)
+    if opened[seed]:
+        parts, _ = ndimage.label(opened)
+        own = parts == parts[seed]
+        if (own & (d2 > (r - 1.5) ** 2)).any():  # the bulk: only the click's neighbourhood
+            logger.debug("click %s in the bulk: %d of %d voxels", seed, int(near.sum()), int(region.sum()))
+            return near
+        keep = region & ~ndimage.binary_dilation(opened & ~own, structure=_ball(open_radius + 1))
+    else:
+        keep = region & ~opened
+    parts, _ = ndimage.label(keep)
+    claimed = parts == parts[seed] if parts[seed] else near
+    kind = "thick" if opened[seed] else "thin"
+    logger.debug("click %s in a %s part: %d of %d voxels", seed, kind, int(claimed.sum()), int(region.sum()))
+    return claimed
+
+
 def grow_clicks(
     prob: np.ndarray,
     intensity: np.ndarray,
@@ -378,18 +422,25 @@ def grow_clicks(
     values: Sequence[int],
     radius: Sequence[float] = (15.0, 15.0, 15.0),
     tolerance: float = 0.08,
+    open_radius: float = 3.0,
 ) -> np.ndarray:
     """Class probabilities ``prob`` ``[C, ...]`` with each click's region set to the click's class (a "smart click").
 
     A click (a local maximum above 0.5 of guidance channel ``g``, label ``values[g]``) on a voxel whose current class
-    is another one claims the connected voxels of that same current class whose intensity is within ``tolerance`` of
-    the click's (mean over its 3 x 3 x 3 neighbourhood), within ``radius[g]`` voxels of it: a missed tumor or liver
-    part, or a false positive, is taken as a whole instead of only where the network learned to follow the click.
-    Works on the network grid, before the argmax and the inversion to the source grid.
+    is another one claims connected voxels of that same current class whose intensity is within ``tolerance`` of the
+    click's (mean over its 3 x 3 x 3 neighbourhood), within ``radius[g]`` voxels of it: a missed tumor or liver part,
+    or a false positive, is taken as a whole instead of only where the network learned to follow the click. Which of
+    those voxels goes by the region's shape (:func:`_claimed_region`, ``open_radius`` voxels): a blob or a thin part
+    around the click is taken whole, but a click in the bulk of an organ (a false positive that reaches into the true
+    liver with the liver's own intensity) takes only its neighbourhood, so that one click never removes true liver
+    over a whole ball. Works on the network grid, before the argmax and the inversion to the source grid.
     """
     prob = np.array(prob, dtype=np.float32, copy=True)
     current = np.argmax(prob, axis=0)
     shape = np.asarray(current.shape)
+    smooth = None
+    if open_radius > 0 and (guidance > 0.5).any():
+        smooth = ndimage.gaussian_filter(np.asarray(intensity, dtype=np.float32), sigma=1.0)
     for g, value in enumerate(values):
         chan = guidance[g]
         if not (chan > 0.5).any():
@@ -406,13 +457,14 @@ def grow_clicks(
             level = float(intensity[around].mean())
             grid = np.indices(tuple(hi - lo)).astype(np.float32)
             d2 = sum((grid[i] - (seed[i] - lo[i])) ** 2 for i in range(len(seed)))
-            candidate = (current[box] == current[seed_t]) & (np.abs(intensity[box] - level) <= tolerance)
-            candidate &= d2 <= r * r
-            components, _ = ndimage.label(candidate)
+            same = (current[box] == current[seed_t]) & (np.abs(intensity[box] - level) <= tolerance)
+            components, _ = ndimage.label(same & (d2 <= r * r))
+            if open_radius > 0:  # the shape is judged on the smoothed CT: noise would make any region look thin
+                same = (current[box] == current[seed_t]) & (np.abs(smooth[box] - level) <= tolerance)
             label_at_seed = components[tuple(seed - lo)]
             if label_at_seed == 0:
                 continue
-            region = components == label_at_seed
+            region = _claimed_region(components == label_at_seed, same, seed - lo, d2, r, open_radius)
             sub = prob[(slice(None), *box)]
             sub[:, region] = 0.0
             sub[value][region] = 1.0
@@ -431,6 +483,7 @@ class SoftmaxWithClicksd(MapTransform):
         label_values: label value of each guidance channel, in channel order (default :data:`GUIDANCE_LABELS`).
         radius: region radius in voxels per guidance channel (liver, tumor, background).
         tolerance: intensity tolerance on the windowed [0, 1] CT.
+        open_radius: shape scale of a claimed region in voxels (:func:`grow_clicks`; 0: the whole region).
     """
 
     def __init__(
@@ -440,9 +493,13 @@ class SoftmaxWithClicksd(MapTransform):
         label_values: Sequence[int] | None = None,
         radius: Sequence[float] = (15.0, 15.0, 15.0),
         tolerance: float = 0.08,
+        open_radius: float = 3.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if open_radius < 0:
+            raise ValueError(f"open_radius must be >= 0 voxels, got {open_radius!r}")
+        self.open_radius = float(open_radius)
         self.image_key = image_key
         self.values = list(label_values if label_values is not None else GUIDANCE_LABELS.values())
         self.radius = list(radius)
@@ -457,7 +514,15 @@ class SoftmaxWithClicksd(MapTransform):
             pred = d[key]
             prob = torch.softmax(torch.as_tensor(pred).float(), dim=0)
             if guidance.size and (guidance > 0.5).any():
-                grown = grow_clicks(prob.cpu().numpy(), image_np[0], guidance, self.values, self.radius, self.tolerance)
+                grown = grow_clicks(
+                    prob.cpu().numpy(),
+                    image_np[0],
+                    guidance,
+                    self.values,
+                    self.radius,
+                    self.tolerance,
+                    self.open_radius,
+                )
                 prob = torch.as_tensor(grown, device=prob.device)
             if isinstance(pred, MetaTensor):
                 prob = MetaTensor(prob, meta=pred.meta, applied_operations=pred.applied_operations)
